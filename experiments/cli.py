@@ -1,0 +1,52 @@
+"""absl entry-point helpers: config errors end the program with one clear line, no traceback."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, TypeVar
+
+import jax
+from absl import app, flags, logging
+
+from moejax.validation import ConfigError
+
+T = TypeVar("T")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    overrides = [a for a in argv[1:] if a.startswith("--config")]
+    sys.exit(f"error: bad flag or config override ({e}); arguments: {' '.join(overrides)}")
+
+
+def enable_compilation_cache() -> None:
+  """Persists XLA executables across processes (CPU compiles take seconds per program)."""
+  cache_dir = os.environ.get("MOEJAX_COMPILATION_CACHE",
+                             os.path.join(os.path.expanduser("~"), ".cache", "moejax", "xla"))
+  if cache_dir and not jax.config.jax_compilation_cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """``app.run`` with flag and config-override errors reported in one line, quiet library
+  logging (orbax logs every save at INFO) and the persistent compilation cache."""
+
+  def wrapped(argv):
+    logging.set_verbosity(logging.WARNING)
+    enable_compilation_cache()
+    return main(argv)
+
+  app.run(wrapped, flags_parser=_parse_flags)
+
+
+def run_or_exit(fn: Callable[[], T]) -> T:
+  """Runs ``fn``; a ConfigError exits with status 2 and its message."""
+  try:
+    return fn()
+  except ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    sys.exit(2)

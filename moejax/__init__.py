@@ -1,0 +1,1 @@
+"""moejax: sparsity scaling research on Mixture-of-Experts models in JAX/Flax NNX."""

@@ -1,0 +1,101 @@
+"""Meshes and logical-axis sharding.
+
+Parameters and activations name their axes logically (``batch``, ``seq``, ``embed``, ``heads``,
+``kv_heads``, ``mlp``, ``expert``, ``vocab``, ``layers``, and ``act_*`` for activation-only axes).
+A rules table from the config maps each logical name to a mesh axis (``data``, ``fsdp``,
+``expert``, ``tensor``), a tuple of mesh axes, or None (replicated). Changing the parallelism
+layout is therefore a config change, never a model change.
+
+Usage::
+
+  mesh = make_mesh({"data": 4, "fsdp": 2})
+  with use_rules(rules), jax.set_mesh(mesh):
+    ...  # parameter specs and `constrain` calls resolve against `rules` and `mesh`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Iterator, Mapping, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+_RULES: contextvars.ContextVar[tuple] = contextvars.ContextVar("moejax_axis_rules", default=())
+
+
+def make_mesh(axis_sizes: Mapping[str, int], devices=None) -> jax.sharding.Mesh:
+  """A mesh with the given named axis sizes; one size may be -1 (takes the remaining devices)."""
+  devices = jax.devices() if devices is None else devices
+  names = tuple(axis_sizes)
+  sizes = [int(s) for s in axis_sizes.values()]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: at most one axis may be -1, got {dict(axis_sizes)}")
+  if -1 in sizes:
+    known = math.prod(s for s in sizes if s != -1)
+    sizes[sizes.index(-1)] = len(devices) // max(known, 1)
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"mesh: axis sizes {dict(zip(names, sizes))} multiply to "
+                     f"{math.prod(sizes)}, but there are {len(devices)} devices")
+  return jax.make_mesh(tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names),
+                       devices=devices)
+
+
+@contextlib.contextmanager
+def use_rules(rules: Rules) -> Iterator[None]:
+  """Makes ``rules`` the active logical->mesh table (for parameters and activations)."""
+  rules = tuple((name, tuple(axis) if isinstance(axis, list) else axis) for name, axis in rules)
+  token = _RULES.set(rules)
+  try:
+    yield
+  finally:
+    _RULES.reset(token)
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: Rules | None = None) -> PartitionSpec:
+  """Maps logical axis names to a PartitionSpec; unknown names are replicated."""
+  table = dict(_RULES.get() if rules is None else rules)
+  used: set[str] = set()
+  out = []
+  for name in axes:
+    mesh_axes = table.get(name) if name is not None else None
+    flat = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+    if any(a in used for a in flat):  # a mesh axis may shard only one dimension
+      flat = ()
+    used.update(flat)
+    out.append(None if not flat else flat[0] if len(flat) == 1 else flat)
+  return PartitionSpec(*out)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """Sharding constraint from logical axes; a no-op outside a mesh or without rules."""
+  if not _RULES.get() or jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(axes))
+
+
+def state_shardings(abstract_tree, mesh: jax.sharding.Mesh):
+  """NamedShardings for a tree holding nnx Variables (a model state, a train state).
+
+  Each Variable's ``out_sharding`` metadata holds its logical axes (see layers/params.py) and is
+  resolved with the active rules; other leaves (step counters, Variables without axes) are
+  replicated. Optimizer moments mirror the parameters' Variables, so they shard alike.
+  """
+
+  def sharding_of(node):
+    if isinstance(node, nnx.Variable):
+      axes = node.get_metadata().get("out_sharding") or ()
+      return node.replace(NamedSharding(mesh, logical_to_spec(axes)))
+    return NamedSharding(mesh, PartitionSpec())
+
+  return jax.tree.map(sharding_of, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
+  """Sharding of a [B, T, ...] batch: B over the axes that ``batch`` maps to."""
+  return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))

@@ -1,0 +1,140 @@
+"""The training loop: validate, build (sharded), resume, train, checkpoint, evaluate, report.
+
+Outputs in the workdir (DESIGN.md contract): config.json, metrics.jsonl, checkpoints/ (orbax),
+tensorboard/, eval.json. Re-running the same command on the same workdir resumes from the last
+checkpoint and reproduces the uninterrupted run's per-step losses exactly (same machine).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from moejax import counting, sharding, validation
+from moejax.data.sources import BATCH_KEYS, make_source
+from moejax.training import checkpointing, workdir as workdir_lib
+from moejax.training.logging import MetricsWriter, write_json
+from moejax.training.optimizer import make_optimizer
+from moejax.training.state import abstract_like, init_train_state
+from moejax.training.step import make_eval_step, make_train_step
+
+
+def _process_local(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's rows of a global batch (process p owns a contiguous block of rows)."""
+  count, index = jax.process_count(), jax.process_index()
+  rows = next(iter(batch.values())).shape[0] // count
+  return {k: v[index * rows:(index + 1) * rows] for k, v in batch.items()}
+
+
+def _to_device(batch: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+  local = _process_local({k: batch[k] for k in BATCH_KEYS})
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
+
+
+def evaluate(eval_step, state, source, batch_sharding, num_batches: int) -> float:
+  """Mean cross-entropy over ``num_batches`` batches of a held-out source."""
+  losses = [eval_step(state, _to_device(source.batch(i), batch_sharding))
+            for i in range(num_batches)]
+  return float(np.mean(jax.device_get(losses)))
+
+
+def _eval_source(config: ml_collections.ConfigDict):
+  data = config.data.copy_and_resolve_references()
+  with data.unlocked():
+    data.seed = config.data.eval_seed
+  return make_source(data, config.model.vocab_size)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run of ``config`` in ``workdir`` and returns the eval.json dict."""
+  mesh_sizes = validation.validate_run(config, jax.device_count())
+  source = make_source(config.data, config.model.vocab_size)
+  eval_source = _eval_source(config)
+  is_lead = jax.process_index() == 0
+  resuming = workdir_lib.prepare(workdir, config) if is_lead else True
+
+  mesh = sharding.make_mesh(mesh_sizes)
+  tx, schedule = make_optimizer(config.optim, config.train.steps)
+  coefs = {"load_balance_loss": config.optim.load_balance_coef,
+           "router_z_loss": config.optim.router_z_coef}
+  with sharding.use_rules(config.sharding_rules):
+    graphdef, state, state_shardings = init_train_state(config, tx, mesh)
+  with sharding.use_rules(config.sharding_rules), jax.set_mesh(mesh):
+    batch_sharding = sharding.batch_sharding(mesh)
+    train_step = jax.jit(make_train_step(graphdef, tx, schedule, coefs), donate_argnums=0,
+                         in_shardings=(state_shardings, batch_sharding),
+                         out_shardings=(state_shardings, None))
+    eval_step = jax.jit(make_eval_step(graphdef), in_shardings=(state_shardings, batch_sharding))
+    manager = checkpointing.make_manager(workdir, save_every=config.train.checkpoint_every,
+                                         keep=config.train.keep_checkpoints)
+    start, restored = checkpointing.restore_latest(manager, abstract_like(state, state_shardings))
+    if restored is not None:
+      state = restored
+    writer = MetricsWriter(workdir, resume_step=start, enabled=is_lead)
+    final_loss = _run_steps(config, state_holder := {"state": state}, train_step, source,
+                            batch_sharding, manager, writer, start)
+    state = state_holder["state"]
+    checkpointing.save(manager, config.train.steps, state, force=True) if (
+        manager.latest_step() != config.train.steps) else None
+    manager.wait_until_finished()
+    writer.close()
+    eval_loss = evaluate(eval_step, state, eval_source, batch_sharding, config.train.eval_batches)
+
+  results = {**counting.summary(config), "eval_loss": eval_loss,
+             "eval_perplexity": float(np.exp(eval_loss)), "final_train_loss": final_loss,
+             "steps": config.train.steps, "resumed_from_step": start}
+  if hasattr(source, "entropy_floor"):
+    results["entropy_floor"] = source.entropy_floor()
+  results.update(_throughput(workdir))
+  if is_lead:
+    write_json(os.path.join(workdir, "eval.json"), results)
+  return results
+
+
+def _run_steps(config, holder, train_step, source, batch_sharding, manager, writer, start):
+  """Steps ``start .. steps-1``; metrics are fetched one step late so the host never stalls
+  the device queue. Returns the last logged training loss."""
+  total = config.train.steps
+  tokens_per_step = config.data.batch_size * config.data.seq_len
+  bar = tqdm(total=total, initial=start, desc="train", unit="step",
+             disable=not config.train.progress_bar or jax.process_index() != 0)
+  pending, last_loss = None, float("nan")
+  interval_start, interval_steps = time.perf_counter(), 0
+  for step in range(start, total):
+    batch = _to_device(source.batch(step), batch_sharding)
+    holder["state"], metrics = train_step(holder["state"], batch)
+    interval_steps += 1
+    if pending is not None:
+      last_loss = _log(writer, bar, *pending)
+      pending = None
+    if (step + 1) % config.train.log_every == 0 or step + 1 == total:
+      elapsed = time.perf_counter() - interval_start
+      pending = (step + 1, metrics, interval_steps * tokens_per_step / max(elapsed, 1e-9))
+      interval_start, interval_steps = time.perf_counter(), 0
+    checkpointing.save(manager, step + 1, holder["state"])
+    bar.update(1)
+  if pending is not None:
+    last_loss = _log(writer, bar, *pending)
+  bar.close()
+  return last_loss
+
+
+def _log(writer, bar, step, metrics, tokens_per_s) -> float:
+  row = writer.write(step, {**jax.device_get(metrics), "tokens_per_s": tokens_per_s})
+  bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+  if not np.isfinite(row["loss"]):
+    raise FloatingPointError(f"loss became {row['loss']} at step {step}")
+  return row["loss"]
+
+
+def _throughput(workdir: str) -> dict:
+  """Median logged tokens/s (the first interval includes compilation and is skipped)."""
+  from moejax.training.logging import read_jsonl  # pylint: disable=import-outside-toplevel
+  rates = [row["tokens_per_s"] for row in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+  rates = rates[1:] or rates
+  return {"tokens_per_s": float(np.median(rates))} if rates else {}
