@@ -19,130 +19,13 @@ import dataclasses
 from typing import Mapping, Sequence
 
 import numpy as np
-import scipy.optimize
 
 from analysis import huber as huber_lib
 from analysis.laws.base import ScalingLaw
-from analysis.optimize import minimize_batched
+from analysis.problem import Problem
 
-# Starts are optimised in chunks so that the per-term arrays [S, R, P] stay near 32 MB.
-_MAX_CHUNK_ELEMENTS = 4_000_000
 # A start counts as reaching the best optimum when its objective is within this relative gap.
 NEAR_BEST_RTOL = 1e-4
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-  """A law, its data and its fixed parameters, in the optimiser's centred coordinates.
-
-  The optimiser works on x = M theta (``ScalingLaw.centering_matrix``), an exact linear
-  change of variables that decorrelates intercepts from exponents; only the entries ``free``
-  of x are optimised, the others keep the values of ``template_x``.
-  """
-  law: ScalingLaw
-  features: Mapping[str, np.ndarray]
-  log_loss: np.ndarray
-  delta: float
-  free: np.ndarray
-  m_PP: np.ndarray
-  template_x: np.ndarray
-
-  @classmethod
-  def create(cls, law, features, log_loss, delta, theta_template_P, fixed_names):
-    free = np.array([i for i, n in enumerate(law.param_names) if n not in fixed_names],
-                    dtype=np.int64)
-    m_PP = law.centering_matrix(features, tuple(fixed_names))
-    template_x = _apply(m_PP, theta_template_P[None])[0]
-    return cls(law, features, log_loss, delta, free, m_PP, template_x)
-
-  @property
-  def minv_PP(self) -> np.ndarray:
-    # M = I + U where U maps feature coefficients into intercepts; no intercept is a feature
-    # coefficient, so U @ U = 0 and M^-1 = I - U exactly (no round-off: -inf entries for
-    # dropped terms stay exact).
-    return 2.0 * np.eye(len(self.m_PP)) - self.m_PP
-
-  def to_x(self, theta_SP: np.ndarray) -> np.ndarray:
-    """Free centred coordinates [S, F] of full parameter vectors [S, P]."""
-    return _apply(self.m_PP, theta_SP)[:, self.free]
-
-  def to_theta(self, x_SF: np.ndarray) -> np.ndarray:
-    """Full parameter vectors [S, P] of free centred coordinates [S, F]."""
-    x_SP = np.broadcast_to(self.template_x, (len(x_SF), len(self.template_x))).copy()
-    x_SP[:, self.free] = x_SF
-    return _apply(self.minv_PP, x_SP)
-
-  def objective(self, weights_SR: np.ndarray | None = None):
-    """Batched objective over free centred coordinates: sum_r w_r Huber(log Lhat - log L).
-
-    Args:
-      weights_SR: optional per-row data weights (bootstrap counts); row s of the batch uses
-        ``weights_SR[s]``. Unit weights when None.
-
-    Returns:
-      fun(x_SF, rows_S) -> (f_S, g_SF), as expected by ``minimize_batched``.
-    """
-    minv_PP = self.minv_PP
-
-    def fun(x_SF: np.ndarray, rows_S: np.ndarray):
-      theta_SP = self.to_theta(x_SF)
-      with np.errstate(over="ignore", invalid="ignore"):
-        log_pred_SR, vjp = self.law.log_predict(theta_SP, self.features)
-        r_SR = log_pred_SR - self.log_loss
-        h_SR = huber_lib.huber(r_SR, self.delta)
-        psi_SR = huber_lib.huber_grad(r_SR, self.delta)
-        if weights_SR is not None:
-          w_SR = weights_SR[rows_S]
-          h_SR, psi_SR = h_SR * w_SR, psi_SR * w_SR
-        f_S = h_SR.sum(axis=1)
-        # d f / d x = (d f / d theta) M^-1 (theta = M^-1 x).
-        g_SF = (vjp(psi_SR) @ minv_PP)[:, self.free]
-      bad = ~np.isfinite(f_S) | ~np.all(np.isfinite(g_SF), axis=1)
-      f_S[bad] = np.inf
-      g_SF[bad] = 0.0
-      return f_S, g_SF
-
-    return fun
-
-  def minimize(self, theta0_SP: np.ndarray, weights_SR: np.ndarray | None = None,
-               max_iter: int = 2000):
-    """Batched L-BFGS from every start (chunked); returns (theta_SP, f_S, converged_S)."""
-    num_rows = len(self.log_loss)
-    chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, num_rows * len(self.template_x)))
-    x0_SF = self.to_x(theta0_SP)
-    thetas, fs, convs = [], [], []
-    for lo in range(0, len(x0_SF), chunk):
-      hi = min(lo + chunk, len(x0_SF))
-      w = None if weights_SR is None else weights_SR[lo:hi]
-      res = minimize_batched(self.objective(w), x0_SF[lo:hi], max_iter=max_iter)
-      thetas.append(self.to_theta(res.x_SP))
-      fs.append(res.f_S)
-      convs.append(res.converged_S)
-    return np.concatenate(thetas), np.concatenate(fs), np.concatenate(convs)
-
-  def polish(self, theta_P: np.ndarray) -> tuple[np.ndarray, float]:
-    """scipy L-BFGS-B with analytic gradients from one start; returns (theta, objective)."""
-    fun = self.objective()
-
-    def scalar(x_F):
-      f, g = fun(x_F[None], np.zeros(1, dtype=np.int64))
-      return float(f[0]), g[0]
-
-    res = scipy.optimize.minimize(scalar, self.to_x(theta_P[None])[0], jac=True,
-                                  method="L-BFGS-B",
-                                  options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
-    return self.to_theta(res.x[None])[0], float(res.fun)
-
-
-def _apply(m_PP: np.ndarray, v_SP: np.ndarray) -> np.ndarray:
-  """Rows of v mapped by m (v @ m.T), exact for -inf entries whose coefficients are 0/1."""
-  out = np.empty_like(v_SP, dtype=np.float64)
-  for i in range(m_PP.shape[0]):
-    acc = 0.0
-    for j in np.flatnonzero(m_PP[i]):
-      acc = acc + m_PP[i, j] * v_SP[:, j]
-    out[:, i] = acc
-  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +53,7 @@ class FitResult:
 
   @property
   def num_rows(self) -> int:
-    return len(self.problem.log_loss)
+    return self.problem.num_runs
 
   @property
   def free(self) -> np.ndarray:
@@ -187,24 +70,27 @@ class FitResult:
     log_pred, _ = self.law.log_predict(self.theta[None], feats)
     return np.exp(log_pred[0])
 
-  def best_starts(self, count: int, min_distance: float = 1e-3) -> np.ndarray:
-    """Up to ``count`` distinct optima of the grid, best first, as rows [<=count, P].
+  def best_starts(self, count: int, max_ratio: float = 1.5) -> np.ndarray:
+    """The optimum and up to ``count - 1`` other basins of the grid, best first [<=count, P].
 
-    Optima closer than ``min_distance`` (max-abs over free parameters) to one already taken
-    are skipped, so the rows are the best representatives of different basins.
+    Starts are distinct basins when their objectives differ by more than ``NEAR_BEST_RTOL``
+    (relative) from every one already taken: starts that stopped at different points of one
+    flat valley share its objective and are represented once. Basins worse than
+    ``max_ratio`` times the best objective are left out: a bootstrap resample does not
+    reverse a gap that large (checked by the tests against full-grid refits).
     """
     order = np.argsort(self.starts_objective, kind="stable")
-    chosen = [self.theta]
+    best = self.objective
+    chosen_theta, chosen_f = [self.theta], [best]
+    tol = NEAR_BEST_RTOL * max(abs(best), 1e-12)
     for s in order:
-      if len(chosen) >= count:
+      f = self.starts_objective[s]
+      if len(chosen_theta) >= count or not np.isfinite(f) or f > max_ratio * best:
         break
-      if not np.isfinite(self.starts_objective[s]):
-        break
-      cand = self.starts_theta[s]
-      dist = [np.max(np.abs(cand[self.free] - c[self.free])) for c in chosen]
-      if min(dist) > min_distance:
-        chosen.append(cand)
-    return np.array(chosen)
+      if all(abs(f - c) > tol for c in chosen_f):
+        chosen_theta.append(self.starts_theta[s])
+        chosen_f.append(f)
+    return np.array(chosen_theta)
 
   def stability(self) -> dict:
     """How the grid's starts agree: the evidence that the optimum is not an accident.

@@ -30,6 +30,7 @@ BatchedObjective = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarr
 
 _ARMIJO_C1 = 1e-4
 _MAX_BACKTRACKS = 40
+_MIN_CURVATURE = 1e-200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,9 +128,12 @@ def minimize_batched(fun: BatchedObjective, x0_SP: np.ndarray, *, max_iter: int 
     if active.size == 0:
       break
     g_a = g_SP[active]
-    d_a = _two_loop_direction(g_a, s_SMP[active], y_SMP[active], rho_SM[active])
-    # Fall back to steepest descent (and forget the memory) where d is not a descent direction.
-    not_descent = np.einsum("sp,sp->s", g_a, d_a) >= 0
+    with np.errstate(over="ignore", invalid="ignore"):
+      d_a = _two_loop_direction(g_a, s_SMP[active], y_SMP[active], rho_SM[active])
+      slope = np.einsum("sp,sp->s", g_a, d_a)
+    # Fall back to steepest descent (and forget the memory) where d is not a finite descent
+    # direction.
+    not_descent = ~(slope < 0) | ~np.all(np.isfinite(d_a), axis=1)
     d_a[not_descent] = -g_a[not_descent]
     rho_SM[active[not_descent]] = 0.0
     fresh = rho_SM[active].max(axis=1) == 0
@@ -147,7 +151,9 @@ def minimize_batched(fun: BatchedObjective, x0_SP: np.ndarray, *, max_iter: int 
     s_new = x_new[ok] - x_SP[moved]
     y_new = g_new[ok] - g_SP[moved]
     sy = np.einsum("sp,sp->s", s_new, y_new)
-    good = sy > 1e-10 * np.linalg.norm(s_new, axis=1) * np.linalg.norm(y_new, axis=1)
+    # Curvature pairs must satisfy s'y > 0 clearly (and not underflow: 1 / s'y is stored).
+    good = ((sy > 1e-10 * np.linalg.norm(s_new, axis=1) * np.linalg.norm(y_new, axis=1))
+            & (sy > _MIN_CURVATURE))
     upd = moved[good]
     s_SMP[upd] = np.roll(s_SMP[upd], -1, axis=1)
     y_SMP[upd] = np.roll(y_SMP[upd], -1, axis=1)

@@ -37,8 +37,10 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       param_dtype="float32",
       remat="none",               # none | full | dots
   ))
+  # Each derived field gets its own lazy reference: assigning one (e.g. num_kv_heads=1) must
+  # not write through to another (a shared FieldReference would).
   cfg.num_heads = cfg.get_ref("d_model") // cfg.get_ref("head_dim")
-  cfg.num_kv_heads = cfg.get_ref("num_heads")  # = num_heads: plain multi-head attention
+  cfg.num_kv_heads = cfg.get_ref("d_model") // cfg.get_ref("head_dim")  # MHA: kv = query heads
   cfg.d_ff = 2 * cfg.get_ref("d_model")         # hidden of dense FFN layers
   cfg.expert_d_ff = 2 * cfg.get_ref("d_model")  # hidden of each routed expert
   cfg.update(overrides)
@@ -80,6 +82,6 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     cfg.model.update(vocab_size=256, d_model=128, num_layers=4, head_dim=32, num_experts=8,
                      top_k=2)
     cfg.data.update(batch_size=32, seq_len=128)
-    cfg.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=50)
-    cfg.train.update(steps=600, log_every=20, checkpoint_every=200, eval_batches=8)
+    cfg.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=30)
+    cfg.train.update(steps=300, log_every=10, checkpoint_every=100, eval_batches=8)
   return cfg

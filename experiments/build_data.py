@@ -5,11 +5,13 @@ r"""Builds the procedurally generated suites of a preset into a data_dir (offlin
 
 Builds the SentencePiece tokenizer, the tfds datasets, the seqio token cache and the manifest
 (see moejax/data/build.py); an existing valid build is reused unless ``--force``. With
-``--describe`` the last line of stdout is one JSON object: per task its name, split sizes, token
+``--describe`` stdout is exactly one JSON line: per task its name, split sizes, token
 counts and a SHA-256 over its examples.
 """
 
+import contextlib
 import json
+import sys
 
 from absl import app
 from absl import flags
@@ -25,7 +27,8 @@ _FORCE = flags.DEFINE_bool("force", False, "Rebuild even if a valid build exists
 
 def main(argv):
   del argv
-  manifest = build.build(_DATA_DIR.value, _PRESET.value, force=_FORCE.value)
+  with contextlib.redirect_stdout(sys.stderr):  # tfds prints progress; stdout is the JSON line
+    manifest = build.build(_DATA_DIR.value, _PRESET.value, force=_FORCE.value)
   if _DESCRIBE.value:
     print(json.dumps(build.describe(manifest), sort_keys=True), flush=True)
 

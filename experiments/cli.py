@@ -18,8 +18,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+    # config_flags embeds the config file's traceback in its message: keep its last line.
+    reason = [line for line in str(e).splitlines() if line.strip()][-1:] or [repr(e)]
+    reason = reason[0].strip()
+    if isinstance(e, (AttributeError, KeyError)):
+      reason = f"unknown config field {reason}"
     overrides = [a for a in argv[1:] if a.startswith("--config")]
-    sys.exit(f"error: bad flag or config override ({e}); arguments: {' '.join(overrides)}")
+    sys.exit(f"error: bad flag or config: {reason}; arguments: {' '.join(overrides)}")
 
 
 def enable_compilation_cache() -> None:

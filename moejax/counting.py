@@ -64,9 +64,12 @@ def train_flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> int
 
 
 def format_count(n: int) -> str:
-  """1.0B and above: one decimal + 'B'; below: rounded to the nearest 10M + 'M'."""
+  """1.0B and above: one decimal + 'B'; below: rounded to the nearest 10M + 'M' (the study's
+  rule). Below 10M, which the study never reaches, two decimals of M keep tiny models apart."""
   if n >= 1_000_000_000:
     return f"{n / 1e9:.1f}B"
+  if n < 10_000_000:
+    return f"{n / 1e6:.2f}M"
   return f"{round(n / 1e7) * 10}M"
 
 

@@ -116,16 +116,15 @@ class ScalingLaw:
   def log_predict(self, theta_SP: np.ndarray, feats: Features) -> tuple[np.ndarray, VjpFn]:
     """Batched log-prediction [S, R] and its vector-Jacobian product.
 
-    A term may evaluate to -inf (a scale pinned to log 0 drops it) as long as one term per
-    entry is finite.
+    A term may evaluate to -inf (a scale pinned to log 0 drops it: exp(-inf) = 0).
     """
     theta_SP = np.atleast_2d(theta_SP)
-    coeffs = [{self.index(n): self._coefficient(g, feats) for n, g in term.items()}
+    coeffs = [[(self.index(n), self._coefficient(g, feats)) for n, g in term.items()]
               for term in self.terms]
     t_list = []
     for term in coeffs:
       t_SR = 0.0
-      for p, g in term.items():
+      for p, g in term:
         t_SR = t_SR + theta_SP[:, p:p + 1] * g
       t_list.append(t_SR)
     return _log_sum_exp(t_list, coeffs, self.num_params)
@@ -152,29 +151,39 @@ class ScalingLaw:
 
 
 def _log_sum_exp(t_list, coeffs, num_params):
-  """log(sum_k exp(t_k)) [S, R] and its VJP for terms with coefficient dicts ``coeffs``."""
-  # A list of K arrays (K <= 4): elementwise max/sum over a list is several times faster in
-  # numpy than reductions over a short trailing axis.
-  t_list = np.broadcast_arrays(*t_list)
+  """log(sum_k exp(t_k)) [S, R] and its VJP; ``coeffs[k]`` lists (param index, g) of term k.
+
+  Terms without data features stay [S, 1] (one exp per row of theta, not per run). The
+  max-shift of the usual log-sum-exp is omitted on purpose: every term is a loss component,
+  so exp(t_k) overflows only for losses above e^709, and an overflow or total underflow
+  makes the objective non-finite, which the line search rejects. This saves a pass over the
+  [S, R] array per term, and exp is the cost of a fit.
+  """
   if len(t_list) == 1:
-    log_pred_SR, p_list = t_list[0], [1.0]
+    log_pred_SR = t_list[0]
+    w_list, scale_SR = [1.0], 1.0
   else:
-    m_SR = t_list[0]
-    for t in t_list[1:]:
-      m_SR = np.maximum(m_SR, t)
-    w_list = [np.exp(t - m_SR) for t in t_list]
-    total_SR = w_list[0].copy()
-    for w in w_list[1:]:
+    w_list = [np.exp(t) for t in t_list]
+    total_SR = w_list[0] + w_list[1]
+    for w in w_list[2:]:
       total_SR += w
-    log_pred_SR = m_SR + np.log(total_SR)
-    p_list = [w / total_SR for w in w_list]
+    log_pred_SR = np.log(total_SR)
+    scale_SR = 1.0 / total_SR
 
   def vjp(cot_SR: np.ndarray) -> np.ndarray:
+    # softmax weight of term k is w_k / total; fold 1 / total into the cotangent once.
+    c_SR = cot_SR * scale_SR
     grad_SP = np.zeros((cot_SR.shape[0], num_params))
-    for p_SR, term in zip(p_list, coeffs):
-      cp_SR = cot_SR * p_SR
-      for p, g in term.items():
-        grad_SP[:, p] += cp_SR @ g if np.ndim(g) else g * cp_SR.sum(axis=1)
+    for w_SR, term in zip(w_list, coeffs):
+      cw_SR = c_SR * w_SR
+      cw_sum_S = None
+      for p, g in term:
+        if isinstance(g, float):
+          if cw_sum_S is None:
+            cw_sum_S = cw_SR.sum(axis=1)
+          grad_SP[:, p] += g * cw_sum_S
+        else:
+          grad_SP[:, p] += cw_SR @ g
     return grad_SP
 
   return log_pred_SR, vjp

@@ -2,7 +2,7 @@
 
   DATA_DIR/moejax_<suite>/<preset>/<version>/   tfds builds (text), one builder per suite
   DATA_DIR/moejax_suites/<preset>/spm.model      the SentencePiece tokenizer of the preset
-  DATA_DIR/moejax_suites/<preset>/cache/         token ids of the seqio tasks (numpy, for the stream)
+  DATA_DIR/moejax_suites/<preset>/cache/         seqio tasks' token ids (numpy, for the stream)
   DATA_DIR/moejax_suites/<preset>/manifest.json  sizes, hashes, bits; written last by the build
 
 This module is light (no TensorFlow): training and evaluation import it.

@@ -22,6 +22,7 @@ A QA item: prompt ``Question: What is the birth city of Ana Kolm? Answer:``, tar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 from moejax.data import presets
@@ -83,7 +84,8 @@ def _check(cfg: presets.MemorizationConfig) -> None:
     raise ValueError(f"date_days must be in [1, 28], got {cfg.date_days}")
 
 
-def population(cfg: presets.MemorizationConfig, seed: int) -> list[Person]:
+@functools.lru_cache(maxsize=4)
+def population(cfg: presets.MemorizationConfig, seed: int) -> tuple[Person, ...]:
   """The N people of the suite, a pure function of (cfg, seed)."""
   _check(cfg)
   gen = records.rng(seed, "memorization/population")
@@ -98,8 +100,8 @@ def population(cfg: presets.MemorizationConfig, seed: int) -> list[Person]:
     else:
       table = words.values(_VALUE_KIND[attribute], cfg.cardinality(attribute))
       columns.append([table[i] for i in draws])
-  return [Person(i, names[i], tuple(zip(cfg.attribute_names, (c[i] for c in columns))))
-          for i in range(cfg.num_people)]
+  return tuple(Person(i, names[i], tuple(zip(cfg.attribute_names, (c[i] for c in columns))))
+               for i in range(cfg.num_people))
 
 
 def qa_example(person: Person, attribute: str, value: str) -> records.Example:

@@ -20,6 +20,7 @@ solution and compares the number after the last ``Answer:`` (scoring.py), by dif
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 from moejax.data import presets
@@ -45,13 +46,12 @@ class Problem:
   Attributes:
     modulus: the prime p.
     inputs: (name, value) of the given quantities, in statement order.
-    steps: (name, op, left name, right name), in statement (and solution) order.
-    canonical: the canonical form (names and order removed, commutative operands sorted).
+    steps: (name, op, left name, right name), in statement (and solution) order; the last step
+      defines the asked quantity.
   """
   modulus: int
   inputs: tuple[tuple[str, int], ...]
   steps: tuple[tuple[str, str, str, str], ...]
-  canonical: str
 
   @property
   def difficulty(self) -> int:
@@ -67,6 +67,24 @@ class Problem:
   @property
   def answer(self) -> int:
     return self.values()[self.steps[-1][0]]
+
+  @property
+  def canonical(self) -> str:
+    """The asked quantity as an expression of values: names and statement order removed,
+    operands of + and * sorted. Equal canonical forms mean the same computation."""
+    given = dict(self.inputs)
+    defined = {name: (op, left, right) for name, op, left, right in self.steps}
+
+    def expand(name: str) -> str:
+      if name in given:
+        return str(given[name])
+      op, left, right = defined[name]
+      parts = [expand(left), expand(right)]
+      if op in _COMMUTATIVE:
+        parts.sort()
+      return f"({op} {parts[0]} {parts[1]})"
+
+    return f"mod {self.modulus}: {expand(self.steps[-1][0])}"
 
   @property
   def canonical_hash(self) -> str:
@@ -103,17 +121,7 @@ def _random_problem(num_ops: int, cfg: presets.ReasoningConfig, gen) -> Problem:
     ops.append((_OPS[gen.integers(len(_OPS))], left_node, right_node))
     return ("op", len(ops) - 1)
 
-  root = build(num_ops)
-
-  def canon(node: tuple) -> str:
-    if node[0] == "in":
-      return str(input_values[node[1]])
-    op, left, right = ops[node[1]]
-    parts = [canon(left), canon(right)]
-    if op in _COMMUTATIVE:
-      parts.sort()
-    return f"({op} {parts[0]} {parts[1]})"
-
+  build(num_ops)
   # A random topological order of the operations (the root always comes last).
   done: set[int] = set()
   order: list[int] = []
@@ -133,13 +141,12 @@ def _random_problem(num_ops: int, cfg: presets.ReasoningConfig, gen) -> Problem:
   return Problem(
       modulus=p,
       inputs=tuple((names[j], input_values[j]) for j in input_order),
-      steps=tuple((name(("op", k)), ops[k][0], name(ops[k][1]), name(ops[k][2])) for k in order),
-      canonical=f"mod {p}: {canon(root)}")
+      steps=tuple((name(("op", k)), ops[k][0], name(ops[k][1]), name(ops[k][2])) for k in order))
 
 
 def _sample_distinct(num_ops: int, count: int, cfg: presets.ReasoningConfig, gen,
                      exclude: set[str]) -> list[Problem]:
-  """``count`` problems of ``num_ops`` operations with canonical forms new to ``exclude``."""
+  """``count`` problems of ``num_ops`` operations whose canonical hashes are new to ``exclude``."""
   found: list[Problem] = []
   attempts = 0
   while len(found) < count:
@@ -149,14 +156,18 @@ def _sample_distinct(num_ops: int, count: int, cfg: presets.ReasoningConfig, gen
           f"Could not find {count} distinct problems with {num_ops} operations mod "
           f"{cfg.modulus} (found {len(found)}); lower the counts or raise the modulus.")
     problem = _random_problem(num_ops, cfg, gen)
-    if problem.canonical not in exclude:
-      exclude.add(problem.canonical)
+    if problem.canonical_hash not in exclude:
+      exclude.add(problem.canonical_hash)
       found.append(problem)
   return found
 
 
+@functools.lru_cache(maxsize=4)
 def problems(cfg: presets.ReasoningConfig, seed: int) -> dict[str, dict[int, list[Problem]]]:
-  """Problems by split and difficulty: {train, train_eval, test} -> difficulty -> problems."""
+  """Problems by split and difficulty: {train, train_eval, test} -> difficulty -> problems.
+
+  Cached: treat the result as read-only.
+  """
   if cfg.min_ops < 1 or cfg.max_ops < cfg.min_ops or cfg.max_inputs < 2:
     raise ValueError(f"Invalid reasoning difficulty range or inputs: {cfg}")
   if cfg.max_ops + cfg.max_inputs > len(words.NOUNS):

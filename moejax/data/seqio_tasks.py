@@ -24,6 +24,16 @@ from moejax.data import tfds_builders
 PREFIX = "moejax_"
 
 
+class OrderedTfdsSource(seqio.TfdsDataSource):
+  """A tfds source read in stored order: the builds are ordered (one shard per split), and tfds
+  refuses to shuffle the files of ordered datasets. The Task's shuffle buffer still shuffles."""
+
+  def get_dataset(self, split=None, shuffle=True, seed=None, shard_info=None, **kwargs):
+    del shuffle  # file order only; see the class docstring
+    return super().get_dataset(split=split, shuffle=False, seed=seed, shard_info=shard_info,
+                               **kwargs)
+
+
 def task_name(suite: str, preset: str) -> str:
   return f"{PREFIX}{suite}_{preset}"
 
@@ -52,8 +62,8 @@ def register(data_dir: str, preset: str) -> str:
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(
         name,
-        source=seqio.TfdsDataSource(tfds_name=tfds_builders.tfds_name(suite, preset),
-                                    tfds_data_dir=data_dir),
+        source=OrderedTfdsSource(tfds_name=tfds_builders.tfds_name(suite, preset),
+                                 tfds_data_dir=data_dir),
         preprocessors=[functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
                        seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
         output_features=output_features)

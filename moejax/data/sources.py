@@ -56,3 +56,4 @@ def make_source(data_config: ml_collections.ConfigDict, vocab_size: int) -> Batc
 def _import_builtin_sources():
   # Imported lazily so that importing this module stays cheap and cycle-free.
   from moejax.data import synthetic  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+  from moejax.data import stream  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel

@@ -1,0 +1,74 @@
+"""Exact counting without building the model, checked against built parameter trees."""
+
+import json
+
+import jax
+import pytest
+from flax import nnx
+
+from configs import lm_moe
+from moejax import counting
+from moejax.models.lm import MoELM
+from tests.conftest import run_module
+
+
+def built_counts(model_cfg):
+  model = nnx.eval_shape(lambda: MoELM(model_cfg, rngs=nnx.Rngs(0)))
+  params = nnx.state(model, nnx.Param)
+  flat = {"/".join(map(str, path)): v for path, v in nnx.to_flat_state(params)}
+  total = sum(v.size for v in jax.tree.leaves(params))
+  router = sum(v.size for k, v in flat.items() if "router" in k)
+  experts = sum(v.size for k, v in flat.items() if "/experts/" in k)
+  active = total - router - experts * (model_cfg.num_experts - model_cfg.top_k) // (
+      model_cfg.num_experts)
+  return total, active
+
+
+@pytest.mark.parametrize("overrides", [
+    {}, {"moe_every": 2, "num_layers": 4}, {"moe_every": 0}, {"shared_expert_d_ff": 48},
+    {"num_kv_heads": 1}, {"num_experts": 8, "top_k": 1}, {"expert_d_ff": 24},
+])
+def test_counts_equal_built_parameter_tree(overrides):
+  model_cfg = lm_moe.get_config("smoke").model
+  model_cfg.update(overrides)
+  total, active = counting.count_params(model_cfg)
+  if not model_cfg.moe_every:
+    active = total
+  assert (total, active) == built_counts(model_cfg)
+
+
+def test_paper_preset_counts_equal_built_tree_abstractly():
+  model_cfg = lm_moe.get_config("paper").model
+  assert counting.count_params(model_cfg) == built_counts(model_cfg)
+
+
+@pytest.mark.parametrize("d_model,experts,top_k,name", [
+    (512, 8, 2, "d512-E8-k2-320M-A170M"),
+    (1024, 64, 8, "d1024-E64-k8-6.7B-A1.1B"),
+    (2048, 128, 16, "d2048-E128-k16-52.2B-A7.1B"),
+])
+def test_paper_checkpoint_names(d_model, experts, top_k, name):
+  model_cfg = lm_moe.get_config("paper").model
+  model_cfg.update(d_model=d_model, num_experts=experts, top_k=top_k)
+  assert counting.run_name(model_cfg) == name
+
+
+def test_train_flops_follow_6n_plus_attention():
+  config = lm_moe.get_config("paper")
+  _, active = counting.count_params(config.model)
+  flops = counting.train_flops_per_token(config.model, config.data.seq_len)
+  parts = counting.param_breakdown(config.model)
+  matmul = active - parts["embedding"] - parts["norms"] + parts["router"]
+  assert flops == 6 * matmul + 12 * 4096 * 512 * 16
+  assert config.train.steps * config.data.batch_size * config.data.seq_len == 125_002_842_112
+
+
+def test_counting_cli_prints_one_json_line():
+  proc = run_module("moejax.counting", "--config=configs/lm_moe.py:paper",
+                    "--config.model.d_model=1024", "--config.model.num_experts=64",
+                    "--config.model.top_k=8")
+  lines = [l for l in proc.stdout.splitlines() if l.strip()]
+  assert len(lines) == 1
+  result = json.loads(lines[0])
+  assert result["name"] == "d1024-E64-k8-6.7B-A1.1B"
+  assert {"total_params", "active_params", "train_flops_per_token"} <= set(result)
