@@ -102,7 +102,7 @@ def make_demo_results(seed: int = 0, budgets: Sequence[float] = DEMO_BUDGETS,
   if add_failed_run:
     failed = {c: np.nan for c in df.columns}
     failed.update({k: v for k, v in rows[0].items() if k in ("d_model", "num_experts",
-                                                             "top_k", "seed")})
+                                                             "top_k", "sparsity", "seed")})
     failed.update(name="synthetic-failed-run", status="failed")
     df = pd.concat([df, pd.DataFrame([failed])], ignore_index=True)
   df.attrs["synthetic"] = True

@@ -1,6 +1,6 @@
 """Command line: fit a scaling law to a results table and print one JSON line.
 
-  python -m analysis.fit --csv FILE --law chinchilla --n-col N --d-col D --loss-col loss \
+  python -m analysis.fit --csv FILE --law chinchilla --n-col N --d-col D --loss-col loss
       [--bootstrap 1000] [--drop-top K] [--best-of COL,COL] [--plot out.png]
 
 Laws and the columns they read: chinchilla (N, D), clark (N, E), krajewski (N, D, G),
@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -44,6 +45,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--s-col", help="sparsity column (S)")
   p.add_argument("--bootstrap", type=int, default=1000, help="resamples (0: none)")
   p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+  p.add_argument("--cluster-col", help="resample whole groups of this column (cluster "
+                                       "bootstrap, e.g. the model size)")
   p.add_argument("--drop-top", type=int, default=0, help="drop the K highest-loss rows")
   p.add_argument("--best-of", default="",
                  help="comma-separated cell columns: keep the lowest-loss row per cell "
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> dict:
       raise SystemExit(f"law {args.law!r} needs --{_INPUT_FLAGS[name].replace('_', '-')}")
     columns[name] = col
   df = load_results(args.csv)
-  needed = list(columns.values()) + [args.loss_col]
+  needed = list(columns.values()) + [args.loss_col] + (
+      [args.cluster_col] if args.cluster_col else [])
   missing = [c for c in needed if c not in df.columns]
   if missing:
     raise SystemExit(f"{args.csv}: no column(s) {missing}")
@@ -109,10 +113,12 @@ def run(args: argparse.Namespace) -> dict:
             "columns": columns, "loss_col": args.loss_col, "rows_read": n_read,
             "rows_used": len(df), "dropped_top": args.drop_top, **fit.summary()}
   if args.bootstrap > 0:
-    boot = bootstrap_fit(fit, args.bootstrap, seed=args.seed)
+    groups = df[args.cluster_col].to_numpy() if args.cluster_col else None
+    boot = bootstrap_fit(fit, args.bootstrap, seed=args.seed, groups=groups)
     params = {k: {"estimate": v["estimate"], "se": v["se"], "ci95": v["ci"]}
               for k, v in boot.summary(0.95).items()}
     report["bootstrap"] = {"resamples": args.bootstrap, "seed": args.seed,
+                           "cluster_col": args.cluster_col,
                            "n_unconverged": boot.n_unconverged,
                            "seconds": round(boot.seconds, 3)}
   else:
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
   if args.plot:
     from analysis.figures import save_figure  # Imported here: matplotlib only when plotting.
     from analysis.fit_plots import plot_fit_diagnostics
-    paths = save_figure(plot_fit_diagnostics(fit, inputs, loss), args.plot.rsplit(".", 1)[0])
+    paths = save_figure(plot_fit_diagnostics(fit, inputs, loss), Path(args.plot).with_suffix(""))
     report["plot"] = paths
   return report
 

@@ -5,9 +5,11 @@ x (log10 of total or active parameters, or the sparsity 1 - k/E as in Abnar et a
 its vertex is the budget's optimum. The optimum's interval comes from a residual bootstrap
 of the parabola (resampling residuals rather than runs, so that a budget with five runs never
 draws a degenerate design); replicates whose parabola is not convex have no optimum and are
-counted. Across budgets, ``optimum_scaling`` fits x* = slope * log10 C + intercept (for
-x = log10 N this is Hoffmann et al.'s exponent a in N* ~ C^a), propagating every budget's
-replicates into the interval of the slope.
+counted. The interval measures noise only: the loss is not exactly a parabola in log N, so a
+wide span of sizes biases the vertex (a known caveat of approach 2); keep each budget's runs
+within a decade or two of the optimum. Across budgets, ``optimum_scaling`` fits
+x* = slope * log10 C + intercept (for x = log10 N this is Hoffmann et al.'s exponent a in
+N* ~ C^a), propagating every budget's replicates into the interval of the slope.
 
 Axes: B bootstrap replicates, R runs of one budget, C budgets.
 """

@@ -54,9 +54,15 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   cfg.preset = preset
   cfg.seed = 0
   cfg.model = model_config()
+  # Data (moejax/data/): "suites" = the memorization/reasoning/filler mixture built offline
+  # (built on first use into data_dir; "" = $MOEJAX_DATA_DIR or ~/.cache/moejax/data),
+  # "synthetic" = a random Markov chain (no TensorFlow; tests), "seqio" = any seqio task.
   cfg.data = ml_collections.ConfigDict(dict(
-      source="synthetic", seed=0, batch_size=1024, seq_len=4096, branching=4,
-      eval_seed=1_000_003))
+      source="suites", preset="tiny", data_dir="", mixture="", split="train",
+      build_if_missing=True, task="", seqio_module="", seed=0, batch_size=1024, seq_len=4096,
+      branching=4,             # synthetic source only
+      eval_split="test",       # held-out loss: the suites' test split ...
+      eval_seed=1_000_003))    # ... or, for synthetic data, a stream with another seed
   cfg.optim = ml_collections.ConfigDict(dict(
       lr=4e-4, min_lr=4e-5, warmup_steps=2000, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
       grad_clip=1.0, load_balance_coef=1e-2, router_z_coef=1e-3))
@@ -75,13 +81,16 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   if preset == "smoke":
     cfg.model.update(vocab_size=64, d_model=32, num_layers=2, head_dim=16, num_kv_heads=1,
                      num_experts=4, top_k=2)
-    cfg.data.update(batch_size=8, seq_len=32)
+    cfg.data.update(source="synthetic", batch_size=8, seq_len=32)
     cfg.optim.update(lr=3e-3, min_lr=3e-4, warmup_steps=5)
     cfg.train.update(steps=30, log_every=5, checkpoint_every=10, eval_batches=2)
   elif preset == "tiny":
-    cfg.model.update(vocab_size=256, d_model=128, num_layers=4, head_dim=32, num_experts=8,
+    cfg.model.update(vocab_size=512, d_model=128, num_layers=4, head_dim=32, num_experts=8,
                      top_k=2)
     cfg.data.update(batch_size=32, seq_len=128)
     cfg.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=30)
     cfg.train.update(steps=300, log_every=10, checkpoint_every=100, eval_batches=8)
+  elif preset == "paper":
+    # Trained on a pod from a real corpus: name its seqio task, e.g. --config.data.task=c4_lm.
+    cfg.data.update(source="seqio", task="")
   return cfg

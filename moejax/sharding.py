@@ -57,14 +57,21 @@ def use_rules(rules: Rules) -> Iterator[None]:
     _RULES.reset(token)
 
 
-def logical_to_spec(axes: Sequence[str | None], rules: Rules | None = None) -> PartitionSpec:
-  """Maps logical axis names to a PartitionSpec; unknown names are replicated."""
+def logical_to_spec(axes: Sequence[str | None], rules: Rules | None = None,
+                    mesh_axes: Sequence[str] | None = None) -> PartitionSpec:
+  """Maps logical axis names to a PartitionSpec; unknown names are replicated.
+
+  With ``mesh_axes``, rule targets that the mesh lacks are dropped, so one rules table serves
+  every mesh layout (e.g. rules naming ``expert`` on a (data, fsdp) mesh).
+  """
   table = dict(_RULES.get() if rules is None else rules)
   used: set[str] = set()
   out = []
   for name in axes:
-    mesh_axes = table.get(name) if name is not None else None
-    flat = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes or ())
+    targets = table.get(name) if name is not None else None
+    flat = (targets,) if isinstance(targets, str) else tuple(targets or ())
+    if mesh_axes is not None:
+      flat = tuple(a for a in flat if a in mesh_axes)
     if any(a in used for a in flat):  # a mesh axis may shard only one dimension
       flat = ()
     used.update(flat)
@@ -74,9 +81,10 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules | None = None) -> P
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   """Sharding constraint from logical axes; a no-op outside a mesh or without rules."""
-  if not _RULES.get() or jax.sharding.get_abstract_mesh().empty:
+  mesh = jax.sharding.get_abstract_mesh()
+  if not _RULES.get() or mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_to_spec(axes))
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, mesh_axes=mesh.axis_names))
 
 
 def state_shardings(abstract_tree, mesh: jax.sharding.Mesh):
@@ -90,7 +98,7 @@ def state_shardings(abstract_tree, mesh: jax.sharding.Mesh):
   def sharding_of(node):
     if isinstance(node, nnx.Variable):
       axes = node.get_metadata().get("out_sharding") or ()
-      return node.replace(NamedSharding(mesh, logical_to_spec(axes)))
+      return node.replace(NamedSharding(mesh, logical_to_spec(axes, mesh_axes=mesh.axis_names)))
     return NamedSharding(mesh, PartitionSpec())
 
   return jax.tree.map(sharding_of, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -98,4 +106,5 @@ def state_shardings(abstract_tree, mesh: jax.sharding.Mesh):
 
 def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
   """Sharding of a [B, T, ...] batch: B over the axes that ``batch`` maps to."""
-  return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
+  return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1),
+                                             mesh_axes=mesh.axis_names))

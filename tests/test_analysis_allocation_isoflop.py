@@ -90,15 +90,28 @@ def test_isoflop_optima_and_scaling_recover_the_truth():
   assert len(optima) == 3
   for opt in optima:
     assert opt.interior and opt.frac_convex > 0.95 and opt.num_runs == 9
+    # The loss is not a parabola in log N over 1.4 decades: the vertex carries a small bias
+    # that the residual bootstrap does not see (a caveat of approach 2), hence the tolerance.
     truth = np.log10(_hoffmann_eq4(CHINCHILLA_TRUTH, opt.budget))
     lo, hi = opt.x_opt["ci"]
-    assert lo <= truth <= hi
+    assert lo - 0.02 <= truth <= hi + 0.02
     assert hi - lo < 0.3  # decades
   scaling = isoflop.optimum_scaling(optima)
   a_true = CHINCHILLA_TRUTH["beta"] / (CHINCHILLA_TRUTH["alpha"] + CHINCHILLA_TRUTH["beta"])
   assert scaling["slope"]["ci"][0] <= a_true <= scaling["slope"]["ci"][1]
   table_out = isoflop.optima_table(optima)
   assert list(table_out.columns[:3]) == ["budget", "num_runs", "x_opt"]
+
+
+def test_parabola_interval_covers_a_true_parabola():
+  rng = np.random.default_rng(1)
+  x = np.repeat(np.linspace(8.0, 10.0, 7), 2)
+  covered = 0
+  for trial in range(40):
+    y = 3.0 + 0.2 * (x - 9.1) ** 2 + 0.01 * rng.standard_normal(len(x))
+    opt = isoflop.fit_parabola_optimum(x, y, 1e20, num_resamples=300, seed=trial)
+    covered += opt.x_opt["ci"][0] <= 9.1 <= opt.x_opt["ci"][1]
+  assert covered >= 32  # 95% nominal; the residual bootstrap runs a little narrow.
 
 
 def test_isoflop_without_minimum_reports_none():

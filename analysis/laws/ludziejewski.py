@@ -1,7 +1,8 @@
 """Joint MoE law (Ludziejewski et al. 2025, "Joint MoE Scaling Laws: Mixture of Experts Can Be
 Memory Efficient"):
 
-  L(N, D, E) = c + a E_hat^delta N^(-alpha + gamma ln E_hat) + b E_hat^omega D^(-beta + zeta ln E_hat),
+  L(N, D, E) = c + a E_hat^delta N^(-alpha + gamma ln E_hat)
+               + b E_hat^omega D^(-beta + zeta ln E_hat),
 
 N the active parameters, D the training tokens, E_hat the transformed expert count (Clark et
 al. 2022; identity by default). The paper writes the exponents as alpha + gamma ln E_hat with

@@ -21,6 +21,12 @@ class DataNotBuiltError(FileNotFoundError):
   """The data of a preset is missing under a data_dir."""
 
 
+def default_data_dir() -> str:
+  """Where builds go when ``config.data.data_dir`` is empty: $MOEJAX_DATA_DIR, else a cache."""
+  return os.environ.get("MOEJAX_DATA_DIR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "moejax", "data")
+
+
 def preset_dir(data_dir: str, preset: str) -> str:
   return os.path.join(data_dir, "moejax_suites", preset)
 

@@ -110,10 +110,8 @@ class MixtureStream:
 
 def _require_data(data_config: ml_collections.ConfigDict) -> tuple[str, str, dict[str, Any]]:
   """(data_dir, preset, manifest) of the build named by the config; builds it if asked to."""
-  data_dir, preset = data_config.get("data_dir"), data_config.get("preset", "tiny")
-  if not data_dir:
-    raise ValueError("config.data.data_dir must name the directory of the built data "
-                     f"(build it with: {layout.build_command('DIR', preset)})")
+  data_dir = data_config.get("data_dir") or layout.default_data_dir()
+  preset = data_config.get("preset", "tiny")
   try:
     return data_dir, preset, layout.load_manifest(data_dir, preset)
   except layout.DataNotBuiltError:
@@ -134,7 +132,7 @@ def make_suites_source(data_config: ml_collections.ConfigDict, vocab_size: int) 
   """The packed suites mixture of a built preset.
 
   Reads ``config.data``:
-    data_dir: directory of the build (required).
+    data_dir: directory of the build ("" = $MOEJAX_DATA_DIR or ~/.cache/moejax/data).
     preset: data preset ("tiny"; "smoke" for tests).
     seed: stream order seed (0).
     batch_size, seq_len: global batch rows and row length (required).

@@ -6,18 +6,26 @@ MoE (``moe_every=1``: every layer is MoE; ``moe_every=0``: a dense model). Group
 ``nnx.vmap`` and applied with ``nnx.scan`` (optionally rematerialised), so compile time does not
 grow with depth.
 
-Axes: B batch, T sequence, D d_model, V vocabulary, L groups.
+Generation uses ``init_cache`` and ``decode``: the key/value cache is an explicit pytree
+(``KVCache``) passed in and returned, stacked like the parameters (groups first), so a decoding
+loop jits with ``nnx.split`` / ``nnx.merge`` like the train step. Prompts are left-padded: row b
+holds real tokens from cache slot ``start_B[b]`` on, and a token in slot s has position
+``s - start_B[b]``, so a padded row computes what it would compute alone.
+
+Axes: B batch, T sequence, D d_model, V vocabulary, L groups, J blocks per group, S cache slots,
+G kv heads, K head dim.
 """
 
 from __future__ import annotations
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from moejax import sharding
-from moejax.layers.attention import Attention, attention_mask
+from moejax.layers.attention import Attention, attention_mask, cache_attention_mask
 from moejax.layers.embeddings import Embed, OutputHead
 from moejax.layers.mlp import SwiGLU
 from moejax.layers.norms import RMSNorm
@@ -53,6 +61,16 @@ class DecoderBlock(nnx.Module):
 
   def __call__(self, x_BTD, positions_BT, mask_B1TT):
     x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_BT, mask_B1TT).astype(x_BTD.dtype)
+    return self._ffn_residual(x_BTD)
+
+  def decode(self, x_BTD, positions_BT, mask_B1TS, k_BSGK, v_BSGK, index):
+    """``__call__`` for T new tokens over this layer's cache; returns (x_BTD, k_BSGK, v_BSGK)."""
+    attn_BTD, k_BSGK, v_BSGK = self.attn.decode(self.attn_norm(x_BTD), positions_BT, mask_B1TS,
+                                                k_BSGK, v_BSGK, index)
+    x_BTD, _ = self._ffn_residual(x_BTD + attn_BTD.astype(x_BTD.dtype))
+    return x_BTD, k_BSGK, v_BSGK
+
+  def _ffn_residual(self, x_BTD):
     x_BTD = sharding.constrain(x_BTD, ("batch", "seq", "act_embed"))
     h_BTD = self.ffn_norm(x_BTD)
     if self.use_moe:
@@ -80,9 +98,40 @@ class BlockGroup(nnx.Module):
       x_BTD, aux = self.moe_block(x_BTD, positions_BT, mask_B1TT)
     return x_BTD, aux
 
+  @property
+  def blocks(self) -> list[DecoderBlock]:
+    """The blocks in order of application (J of them)."""
+    return list(self.dense_blocks) + ([self.moe_block] if self.moe_block is not None else [])
+
+  def decode(self, x_BTD, positions_BT, mask_B1TS, k_JBSGK, v_JBSGK, index):
+    """Runs the blocks over their caches; returns (x_BTD, k_JBSGK, v_JBSGK)."""
+    ks, vs = [], []
+    for j, block in enumerate(self.blocks):
+      x_BTD, k_BSGK, v_BSGK = block.decode(x_BTD, positions_BT, mask_B1TS, k_JBSGK[j],
+                                           v_JBSGK[j], index)
+      ks.append(k_BSGK)
+      vs.append(v_BSGK)
+    return x_BTD, jnp.stack(ks), jnp.stack(vs)
+
 
 def num_groups(cfg: ml_collections.ConfigDict) -> int:
   return cfg.num_layers // max(cfg.moe_every, 1)
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer for S slots, and where each row's real tokens are.
+
+  Attributes:
+    k_LJBSGK: rotated keys; block j of group l at ``[l, j]``.
+    v_LJBSGK: values, laid out like the keys.
+    start_B: int32, the first slot of each row holding a real token (left padding before it).
+    end: int32 scalar, the number of slots written (the slot of the next token).
+  """
+  k_LJBSGK: jax.Array
+  v_LJBSGK: jax.Array
+  start_B: jax.Array
+  end: jax.Array
 
 
 class MoELM(nnx.Module):
@@ -122,3 +171,41 @@ class MoELM(nnx.Module):
     logits_BTV = self.head(self.final_norm(x_BTD))
     aux = {name: jnp.mean(values_L) for name, values_L in aux_L.items()}
     return logits_BTV, aux
+
+  def init_cache(self, batch: int, num_slots: int, start_B=None) -> KVCache:
+    """An empty cache of ``num_slots`` slots; ``start_B`` (default 0) = left padding per row."""
+    blocks = self.groups.blocks
+    wk_LDGK = blocks[0].attn.wk_DGK
+    num_groups_, _, kv_heads, head_dim = wk_LDGK.shape
+    shape = (num_groups_, len(blocks), batch, num_slots, kv_heads, head_dim)
+    dtype = blocks[0].attn.dtype
+    if start_B is None:
+      start_B = jnp.zeros((batch,), jnp.int32)
+    return KVCache(k_LJBSGK=jnp.zeros(shape, dtype), v_LJBSGK=jnp.zeros(shape, dtype),
+                   start_B=jnp.asarray(start_B, jnp.int32), end=jnp.zeros((), jnp.int32))
+
+  def decode(self, ids_BT, cache: KVCache):
+    """Feeds T new tokens (a left-padded prompt, or one generated token) through the cache.
+
+    The tokens take slots ``[cache.end, cache.end + T)``; row b's token in slot s has position
+    ``s - start_B[b]`` and sees the real slots up to its own. Logits of slot s equal those of
+    ``__call__`` at position ``s - start_B[b]`` on the row's real tokens.
+
+    Returns:
+      (logits_BTV float32, the updated cache).
+    """
+    num_new = ids_BT.shape[1]
+    num_slots = cache.k_LJBSGK.shape[3]
+    slots_T = cache.end + jnp.arange(num_new, dtype=jnp.int32)
+    positions_BT = jnp.maximum(slots_T[None, :] - cache.start_B[:, None], 0)
+    mask_B1TS = cache_attention_mask(cache.start_B, cache.end, num_new, num_slots)
+    x_BTD = self.embed(ids_BT)
+
+    def apply_group(x_BTD, group, k_JBSGK, v_JBSGK):
+      return group.decode(x_BTD, positions_BT, mask_B1TS, k_JBSGK, v_JBSGK, cache.end)
+
+    scan = nnx.scan(apply_group, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0))
+    x_BTD, k_LJBSGK, v_LJBSGK = scan(x_BTD, self.groups, cache.k_LJBSGK, cache.v_LJBSGK)
+    logits_BTV = self.head(self.final_norm(x_BTD))
+    cache = cache.replace(k_LJBSGK=k_LJBSGK, v_LJBSGK=v_LJBSGK, end=cache.end + num_new)
+    return logits_BTV, cache

@@ -47,6 +47,7 @@ def _eval_source(config: ml_collections.ConfigDict):
   data = config.data.copy_and_resolve_references()
   with data.unlocked():
     data.seed = config.data.eval_seed
+    data.split = config.data.eval_split
   return make_source(data, config.model.vocab_size)
 
 
