@@ -5,8 +5,9 @@ exposes the batched objective that ``analysis.optimize.minimize_batched`` needs,
 of a fit and for the weighted refits of the bootstrap alike.
 
 Two exact transformations make it fast without changing the optimum:
-* Coordinates: the optimiser works on x = M theta (``ScalingLaw.centering_matrix``), which
-  decorrelates intercepts from exponents; only the ``free`` entries of x move.
+* Coordinates: the optimiser works on x = M theta (``ScalingLaw.preconditioner``), which
+  decorrelates intercepts from exponents and scales the features; only the ``free``
+  entries of x move.
 * Rows: runs that share every input (seeds, learning rates of one configuration) share a
   prediction, so the law is evaluated once per distinct input row U and the prediction is
   gathered to the R runs; gradients are summed back per distinct row.
@@ -42,7 +43,8 @@ class Problem:
     segment_starts: first sorted run of every distinct row.
     delta: Huber threshold.
     free: indices [F] of the optimised parameters.
-    m_PP: centring matrix, x = M theta.
+    m_PP: preconditioner, x = M theta.
+    minv_PP: its inverse.
     template_x: full x vector whose non-free entries are used as is.
   """
   law: ScalingLaw
@@ -54,6 +56,7 @@ class Problem:
   delta: float
   free: np.ndarray
   m_PP: np.ndarray
+  minv_PP: np.ndarray
   template_x: np.ndarray
 
   @classmethod
@@ -71,11 +74,12 @@ class Problem:
     features_U = {n: uniq_UK[:, k] for k, n in enumerate(names)}
     free = np.array([i for i, n in enumerate(law.param_names) if n not in fixed_names],
                     dtype=np.int64)
-    m_PP = law.centering_matrix(features_U, tuple(fixed_names))
+    m_PP, minv_PP = law.preconditioner(features_U, tuple(fixed_names))
     template_x = _apply(m_PP, np.asarray(theta_template_P, dtype=np.float64)[None])[0]
     return cls(law=law, features_U=features_U, log_loss_R=np.asarray(log_loss)[order_R],
                order_R=order_R, unique_of_R=unique_of_R, segment_starts=segment_starts,
-               delta=delta, free=free, m_PP=m_PP, template_x=template_x)
+               delta=delta, free=free, m_PP=m_PP, minv_PP=minv_PP,
+               template_x=template_x)
 
   @property
   def num_runs(self) -> int:
@@ -84,13 +88,6 @@ class Problem:
   @property
   def has_duplicates(self) -> bool:
     return len(self.segment_starts) < self.num_runs
-
-  @property
-  def minv_PP(self) -> np.ndarray:
-    # M = I + U where U maps feature coefficients into intercepts; no intercept is a feature
-    # coefficient, so U @ U = 0 and M^-1 = I - U exactly (no round-off: -inf entries for
-    # dropped terms stay exact).
-    return 2.0 * np.eye(len(self.m_PP)) - self.m_PP
 
   def to_x(self, theta_SP: np.ndarray) -> np.ndarray:
     """Free centred coordinates [S, F] of full parameter vectors [S, P]."""

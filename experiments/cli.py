@@ -48,6 +48,17 @@ def run(main: Callable[[list[str]], None]) -> None:
   app.run(wrapped, flags_parser=_parse_flags)
 
 
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+  """Joins a multi-process run (before any JAX computation). CPU collectives use gloo (loopback
+  tests, CPU clusters); the setting does not affect TPU or GPU backends."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator:
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize()
+
+
 def run_or_exit(fn: Callable[[], T]) -> T:
   """Runs ``fn``; a ConfigError exits with status 2 and its message."""
   try:

@@ -12,10 +12,10 @@ gradient is cheap. A law is declared as data (its terms); prediction, its vector
 product and the optimiser's preconditioning are derived from the declaration here, once.
 
 Each term has one intercept: the parameter whose coefficient is a constant (log A for
-A / N^alpha). Centring the other coefficients' features on their means and folding the means
-into the intercept (``centering_matrix``) is an exact linear change of variables that
-removes the strong intercept-exponent correlation (a and alpha move together because
-log N ~ 20), which makes L-BFGS converge in far fewer iterations.
+A / N^alpha). ``preconditioner`` derives from the declaration an exact linear change of
+variables for the optimiser (scale the features, fold their means into the
+intercepts) that removes the strong intercept-exponent correlation (a and alpha move
+together because log N ~ 20), so L-BFGS converges in far fewer iterations.
 
 Axes: S rows of a batch of parameter vectors, R data rows (runs), P parameters.
 """
@@ -129,16 +129,40 @@ class ScalingLaw:
       t_list.append(t_SR)
     return _log_sum_exp(t_list, coeffs, self.num_params)
 
-  def centering_matrix(self, feats: Features, fixed: Sequence[str] = ()) -> np.ndarray:
-    """Unit-triangular M [P, P] with x = M theta the centred (preconditioned) parameters.
+  def preconditioner(self, feats: Features,
+                     fixed: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Linear change of variables x = M theta for the optimiser, and M^-1 (exact blocks).
 
-    For each term with a free intercept i (constant coefficient c_i), x_i = theta_i +
-    sum_p theta_p mean(g_p) / c_i over the term's feature coefficients; every other x_p =
-    theta_p. Terms with a fixed intercept are left alone, so fixed parameters keep their
-    values in x. A parameter that is the intercept of a term is never a feature coefficient
-    elsewhere, so M is invertible with unit diagonal.
+    * Exponents and other feature coefficients (free, non-intercept parameters q) are scaled
+      by the standard deviation of their feature, x_q = sd(g_q) theta_q, so that a unit
+      step in any x_q moves the log-prediction by about one unit. (Full whitening of the
+      features was tried and led L-BFGS into worse local optima of the joint law.)
+    * Intercepts: each free intercept absorbs its term's feature means,
+      x_i = theta_i + sum_p theta_p mean(g_p) / c_i, removing the intercept-exponent
+      correlation (a and alpha move together because log N ~ 20).
+    Fixed parameters keep x_p = theta_p, and M^-1 is assembled from its blocks with exact
+    zeros, so a fixed -inf intercept (a dropped term) maps to -inf and nothing else.
+    A feature with (nearly) no variance in the data is left unscaled.
     """
-    m_PP = np.eye(self.num_params)
+    num = self.num_params
+    intercepts = {self._intercepts_of(t)[0] for t in self.terms}
+    feature_of = {}
+    for term in self.terms:
+      for n, g in term.items():
+        if isinstance(g, str):
+          feature_of.setdefault(n, g)
+    q_names = [n for n in self.param_names
+               if n in feature_of and n not in intercepts and n not in fixed]
+    # Scaling block: x_q = sd_q theta_q.
+    w_P = np.ones(num)
+    for n in q_names:
+      g = np.asarray(feats[feature_of[n]], np.float64)
+      sd = float(np.std(g))
+      if sd > 1e-8 * max(1.0, float(np.max(np.abs(g)))):
+        w_P[self.index(n)] = sd
+    w_PP, w_inv_PP = np.diag(w_P), np.diag(1.0 / w_P)
+    # Centring block: x_i = theta_i + sum_p u_ip theta_p, theta_i = x_i - sum_p u_ip theta_p.
+    u_PP = np.zeros((num, num))
     for term in self.terms:
       (icpt,) = self._intercepts_of(term)
       if icpt in fixed:
@@ -146,8 +170,12 @@ class ScalingLaw:
       i = self.index(icpt)
       for n, g in term.items():
         if isinstance(g, str):
-          m_PP[i, self.index(n)] += float(np.mean(feats[g])) / float(term[icpt])
-    return m_PP
+          u_PP[i, self.index(n)] += float(np.mean(feats[g])) / float(term[icpt])
+    # x = (I + U) theta on intercept rows, W theta elsewhere (U has no non-intercept rows and
+    # no intercept columns; W is the identity on intercepts).
+    m_PP = w_PP + u_PP
+    minv_PP = w_inv_PP - u_PP @ w_inv_PP
+    return m_PP, minv_PP
 
 
 def _log_sum_exp(t_list, coeffs, num_params):
