@@ -125,7 +125,7 @@ def bootstrap_fit(fit: FitResult, num_resamples: int = 1000, *, seed: int = 0,
   counts_BR = resample_counts(fit.num_rows, num_resamples, seed, groups)
   weights_XR = np.repeat(counts_BR, num_s, axis=0)  # X = B * S rows, resample-major.
   theta0_XP = np.tile(starts_SP, (num_resamples, 1))
-  theta_XP, f_X, conv_X = fit.problem.minimize(theta0_XP, weights_XR, max_iter=max_iter)
+  theta_XP, f_X, conv_X, _ = fit.problem.minimize(theta0_XP, weights_XR, max_iter=max_iter)
   f_BS = f_X.reshape(num_resamples, num_s)
   best_S = np.argmin(f_BS, axis=1)
   pick = np.arange(num_resamples) * num_s + best_S

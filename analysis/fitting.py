@@ -8,7 +8,11 @@ the residuals, and how the grid's starts agree (``FitResult.stability``); interv
 
 The grid is optimised with the batched L-BFGS of ``analysis.optimize`` (all starts at once);
 the best start is then polished with scipy's L-BFGS-B and analytic gradients, so the reported
-optimum is a scipy L-BFGS-B solution.
+optimum is a scipy L-BFGS-B solution. After ``ABANDON_AFTER`` iterations, starts whose
+objective is still above ``ABANDON_RATIO`` times the best are stopped: they sit in degenerate
+regions (an exponent at 0 turns a power-law term into a constant that trades off against E)
+where L-BFGS crawls for thousands of iterations toward optima tens of times worse than the
+best; they are counted as abandoned in ``FitResult.stability``.
 
 Axes: S starts, R data rows (runs), P parameters of the law, F free (not fixed) parameters.
 """
@@ -26,6 +30,8 @@ from analysis.problem import Problem
 
 # A start counts as reaching the best optimum when its objective is within this relative gap.
 NEAR_BEST_RTOL = 1e-4
+ABANDON_AFTER = 200
+ABANDON_RATIO = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +47,7 @@ class FitResult:
     starts_theta: optimised parameter vector of every start [S, P].
     starts_objective: objective reached from every start [S].
     starts_converged: whether each start met the stopping criterion [S].
+    starts_abandoned: whether each start was stopped as hopeless (see module docstring) [S].
   """
   law: ScalingLaw
   theta: np.ndarray
@@ -50,6 +57,7 @@ class FitResult:
   starts_theta: np.ndarray
   starts_objective: np.ndarray
   starts_converged: np.ndarray
+  starts_abandoned: np.ndarray
 
   @property
   def num_rows(self) -> int:
@@ -95,7 +103,8 @@ class FitResult:
   def stability(self) -> dict:
     """How the grid's starts agree: the evidence that the optimum is not an accident.
 
-    Returns a dict with the number of starts, how many converged, how many reached the best
+    Returns a dict with the number of starts, how many converged (and how many were
+    abandoned as hopeless), how many reached the best
     objective (within ``NEAR_BEST_RTOL``), and for every reported quantity the range over
     the starts that did. A wide range at equal objective means a flat direction: the data
     do not determine that parameter (Besiroglu et al. 2024).
@@ -107,6 +116,7 @@ class FitResult:
     return {
         "n_starts": int(len(f)),
         "n_converged": int(np.sum(self.starts_converged)),
+        "n_abandoned": int(np.sum(self.starts_abandoned)),
         "n_near_best": int(np.sum(near)),
         "near_best_rtol": NEAR_BEST_RTOL,
         "near_best_range": {k: [float(np.min(v)), float(np.max(v))] for k, v in rep.items()},
@@ -164,7 +174,8 @@ def fit_law(law: ScalingLaw, inputs: Mapping[str, Sequence[float]], loss: Sequen
     grid_SP[:, law.index(name)] = value
   problem = Problem.create(law, features, log_loss_R, delta, grid_SP[0].copy(), tuple(fixed))
 
-  starts_SP, f_S, conv_S = problem.minimize(grid_SP, max_iter=max_iter)
+  starts_SP, f_S, conv_S, aband_S = problem.minimize(
+      grid_SP, max_iter=max_iter, abandon=(ABANDON_AFTER, ABANDON_RATIO))
   if not np.any(np.isfinite(f_S)):
     raise RuntimeError(f"no start of the grid gave a finite objective for law {law.name!r}")
   best = int(np.argmin(f_S))
@@ -176,4 +187,5 @@ def fit_law(law: ScalingLaw, inputs: Mapping[str, Sequence[float]], loss: Sequen
   log_pred, _ = law.log_predict(theta_P[None], features)
   return FitResult(law=law, theta=theta_P, problem=problem, objective=objective,
                    residuals=log_pred[0] - log_loss_R, starts_theta=starts_SP,
-                   starts_objective=f_S, starts_converged=conv_S)
+                   starts_objective=f_S, starts_converged=conv_S,
+                   starts_abandoned=aband_S)

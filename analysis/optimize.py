@@ -41,6 +41,7 @@ class BatchedMinimum:
   grad_SP: np.ndarray
   n_iter_S: np.ndarray
   converged_S: np.ndarray
+  abandoned_S: np.ndarray
 
 
 def _two_loop_direction(g_SP, s_SMP, y_SMP, rho_SM):
@@ -92,8 +93,8 @@ def _line_search(fun, x_SP, f_S, g_SP, d_SP, step_S, rows_S):
 
 def minimize_batched(fun: BatchedObjective, x0_SP: np.ndarray, *, max_iter: int = 2000,
                      memory: int = 10, gtol: float = 1e-8, ftol: float = 1e-10,
-                     f_floor: float = 0.0, stall_window: int = 100,
-                     stall_rtol: float = 1e-8) -> BatchedMinimum:
+                     f_floor: float = 0.0,
+                     abandon: tuple[int, float] | None = None) -> BatchedMinimum:
   """Minimises ``fun`` from every row of ``x0_SP`` independently (unconstrained L-BFGS).
 
   Args:
@@ -107,11 +108,10 @@ def minimize_batched(fun: BatchedObjective, x0_SP: np.ndarray, *, max_iter: int 
       of good fits are ~1e-3, and an absolute floor would stop rows while they still drift
       along the flat valleys that the bootstrap is meant to measure.
     f_floor: absolute scale below which objective changes count as relative to it.
-    stall_window, stall_rtol: also stop a row whose objective fell by less than
-      ``stall_rtol`` (relative) over its last ``stall_window`` iterations. Starts that drift
-      along a nearly flat direction (an exponent running to 0 or a scale to infinity) would
-      otherwise crawl to ``max_iter``; a relative gain of 1e-8 is far below any statistical
-      resolution (bootstrap objectives vary by percents).
+    abandon: (iteration, ratio): at that iteration, stop the rows whose objective exceeds
+      ratio times the best row's (``abandoned_S``). Only meaningful when every row
+      minimises the same function from a different start (a grid), never for rows with
+      their own data.
 
   Returns:
     A ``BatchedMinimum``. Rows whose line search fails (no decrease along a descent direction
@@ -127,11 +127,15 @@ def minimize_batched(fun: BatchedObjective, x0_SP: np.ndarray, *, max_iter: int 
   y_SMP = np.zeros((num_rows, memory, num_params))
   rho_SM = np.zeros((num_rows, memory))
   n_iter_S = np.zeros(num_rows, dtype=np.int64)
-  f_hist_SW = np.repeat(f_S[:, None], stall_window, axis=1)  # f of the last W iterations.
   converged_S = np.max(np.abs(g_SP), axis=1) <= gtol
+  abandoned_S = np.zeros(num_rows, dtype=bool)
   active = all_rows[~converged_S]
 
-  for _ in range(max_iter):
+  for it in range(max_iter):
+    if abandon is not None and it == abandon[0] and active.size:
+      worse = f_S[active] > abandon[1] * np.min(f_S)
+      abandoned_S[active[worse]] = True
+      active = active[~worse]
     if active.size == 0:
       break
     g_a = g_SP[active]
@@ -176,14 +180,8 @@ def minimize_batched(fun: BatchedObjective, x0_SP: np.ndarray, *, max_iter: int 
     small_change = (f_old - f_S[moved]) <= ftol * scale
     small_grad = np.max(np.abs(g_SP[moved]), axis=1) <= gtol
     converged_S[moved[small_change | small_grad]] = True
-    slot = n_iter_S[active] % stall_window
-    f_then = f_hist_SW[active, slot]
-    f_hist_SW[active, slot] = f_S[active]
-    stalled = (n_iter_S[active] >= stall_window) & (
-        f_then - f_S[active] <= stall_rtol * np.maximum(np.abs(f_S[active]), f_floor))
-    converged_S[active[stalled]] = True
     converged_S[active[stuck]] = True
     active = active[~converged_S[active]]
 
   return BatchedMinimum(x_SP=x_SP, f_S=f_S, grad_SP=g_SP, n_iter_S=n_iter_S,
-                        converged_S=converged_S)
+                        converged_S=converged_S, abandoned_S=abandoned_S)

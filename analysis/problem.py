@@ -137,19 +137,25 @@ class Problem:
     return fun
 
   def minimize(self, theta0_SP: np.ndarray, weights_SR: np.ndarray | None = None,
-               max_iter: int = 2000):
-    """Batched L-BFGS from every start (chunked); returns (theta_SP, f_S, converged_S)."""
+               max_iter: int = 2000, abandon: tuple[int, float] | None = None):
+    """Batched L-BFGS from every start (chunked).
+
+    Returns:
+      (theta_SP, f_S, converged_S, abandoned_S); ``abandon`` as in ``minimize_batched``
+      (grid fits only: rows with ``weights_SR`` minimise different functions).
+    """
+    if abandon is not None and weights_SR is not None:
+      raise ValueError("abandoning rows compares their objectives: not with per-row weights")
     chunk = max(1, _MAX_CHUNK_ELEMENTS // max(1, self.num_runs))
     x0_SF = self.to_x(theta0_SP)
-    thetas, fs, convs = [], [], []
+    parts = []
     for lo in range(0, len(x0_SF), chunk):
       hi = min(lo + chunk, len(x0_SF))
       w = None if weights_SR is None else weights_SR[lo:hi]
-      res = minimize_batched(self.objective(w), x0_SF[lo:hi], max_iter=max_iter)
-      thetas.append(self.to_theta(res.x_SP))
-      fs.append(res.f_S)
-      convs.append(res.converged_S)
-    return np.concatenate(thetas), np.concatenate(fs), np.concatenate(convs)
+      res = minimize_batched(self.objective(w), x0_SF[lo:hi], max_iter=max_iter,
+                             abandon=abandon)
+      parts.append((self.to_theta(res.x_SP), res.f_S, res.converged_S, res.abandoned_S))
+    return tuple(np.concatenate(p) for p in zip(*parts))
 
   def polish(self, theta_P: np.ndarray) -> tuple[np.ndarray, float]:
     """scipy L-BFGS-B with analytic gradients from one start; returns (theta, objective)."""

@@ -21,9 +21,8 @@ from experiments.flags import CONFIG
 from moejax import counting, sharding
 from moejax.data.sources import BATCH_KEYS, make_source
 from moejax.training.compile import compile_train_step
-from moejax.training.optimizer import make_optimizer
-from moejax.training.state import init_train_state
-from moejax.training.step import make_train_step
+from moejax.training.state import init_train_state, model_graphdef
+from moejax.training.step import build_train_step
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps.")
 _DEPTHS = flags.DEFINE_list("depths", ["2", "16"], "Layer counts for the compile-time check.")
@@ -45,14 +44,12 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
 def step_throughput(config, steps: int) -> float:
   """Median seconds per train step (after compilation) on one device."""
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  tx, schedule = make_optimizer(config.optim, config.train.steps)
-  coefs = {"load_balance_loss": config.optim.load_balance_coef,
-           "router_z_loss": config.optim.router_z_coef}
+  train_step, tx, _ = build_train_step(config, model_graphdef(config.model))
   source = make_source(config.data, config.model.vocab_size)
   with sharding.use_rules(config.sharding_rules):
-    graphdef, state, _ = init_train_state(config, tx, mesh)
+    state, _ = init_train_state(config, tx, mesh)
     with jax.set_mesh(mesh):
-      step = jax.jit(make_train_step(graphdef, tx, schedule, coefs), donate_argnums=0)
+      step = jax.jit(train_step, donate_argnums=0)
       batch = {k: jnp.asarray(v) for k, v in source.batch(0).items() if k in BATCH_KEYS}
       state, metrics = step(state, batch)
       jax.block_until_ready(metrics)

@@ -23,7 +23,7 @@ def main(workdir: str):
   mesh = sharding.make_mesh({"data": 4, "fsdp": 2})
   tx, _ = make_optimizer(config.optim, config.train.steps)
   with sharding.use_rules(config.sharding_rules):
-    _, state, _ = init_train_state(config, tx, mesh)
+    state, _ = init_train_state(config, tx, mesh)
   specs = {
       "embedding": list(state.params["embed"]["embedding_VD"][...].sharding.spec),
       "experts": list(state.params["groups"]["moe_block"]["ffn"]["experts"]["w_gate_EDF"][...]

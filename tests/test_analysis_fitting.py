@@ -66,7 +66,7 @@ def test_bootstrap_from_best_starts_matches_full_grid_refits(recovery):
   grid = CHINCHILLA.grid()
   for b in (0, 1):
     weights = np.repeat(counts[b:b + 1], len(grid), axis=0)
-    _, f_grid, _ = fit.problem.minimize(grid, weights)
+    _, f_grid, _, _ = fit.problem.minimize(grid, weights)
     assert boot.objective_B[b] <= np.min(f_grid) * (1 + 1e-6)
 
 

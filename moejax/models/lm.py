@@ -197,7 +197,7 @@ class MoELM(nnx.Module):
     num_new = ids_BT.shape[1]
     num_slots = cache.k_LJBSGK.shape[3]
     slots_T = cache.end + jnp.arange(num_new, dtype=jnp.int32)
-    positions_BT = jnp.maximum(slots_T[None, :] - cache.start_B[:, None], 0)
+    positions_BT = jnp.broadcast_to(slots_T[None, :], (ids_BT.shape[0], num_new))
     mask_B1TS = cache_attention_mask(cache.start_B, cache.end, num_new, num_slots)
     x_BTD = self.embed(ids_BT)
 

@@ -34,15 +34,13 @@ def split_model(model: nnx.Module):
 
 
 def model_graphdef(model_cfg: ml_collections.ConfigDict) -> nnx.GraphDef:
+  """The model's static structure (call outside ``jax.set_mesh``: no shardings are made)."""
   abstract_model = nnx.eval_shape(lambda: MoELM(model_cfg, rngs=nnx.Rngs(0)))
   return split_model(abstract_model)[0]
 
 
-def init_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                     mesh: jax.sharding.Mesh):
-  """Returns (graphdef, state, state_shardings); call inside ``sharding.use_rules`` but outside
-  ``jax.set_mesh`` (the abstract model is built without a mesh)."""
-  graphdef = model_graphdef(config.model)
+def make_init_fn(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
+  """A function of no arguments that builds the initial TrainState (to jit or eval_shape)."""
 
   def init() -> TrainState:
     model = MoELM(config.model, rngs=nnx.Rngs(config.seed))
@@ -50,11 +48,18 @@ def init_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransf
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       model_state=rest)
 
+  return init
+
+
+def init_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                     mesh: jax.sharding.Mesh):
+  """Returns (state, state_shardings); call inside ``sharding.use_rules``."""
+  init = make_init_fn(config, tx)
   abstract_state = jax.eval_shape(init)
   shardings = sharding.state_shardings(abstract_state, mesh)
   with jax.set_mesh(mesh):
     state = jax.jit(init, out_shardings=shardings)()
-  return graphdef, state, shardings
+  return state, shardings
 
 
 def abstract_like(state_shapes, shardings):

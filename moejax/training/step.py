@@ -9,9 +9,11 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from flax import nnx
 
+from moejax.training.optimizer import make_optimizer
 from moejax.training.state import TrainState
 
 
@@ -25,6 +27,17 @@ def _forward(graphdef, params, model_state, batch):
   model = nnx.merge(graphdef, params, model_state)
   logits_BTV, aux = model(batch["inputs"], batch["positions"], batch["segment_ids"])
   return masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"]), aux
+
+
+def loss_coefficients(optim: ml_collections.ConfigDict) -> dict[str, float]:
+  """Weights of the auxiliary losses in the total loss, by aux name."""
+  return {"load_balance_loss": optim.load_balance_coef, "router_z_loss": optim.router_z_coef}
+
+
+def build_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
+  """(train_step, optimizer, schedule) for a run config."""
+  tx, schedule = make_optimizer(config.optim, config.train.steps)
+  return make_train_step(graphdef, tx, schedule, loss_coefficients(config.optim)), tx, schedule
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,

@@ -19,9 +19,8 @@ from moejax import counting, sharding, validation
 from moejax.data.sources import BATCH_KEYS, make_source
 from moejax.training import checkpointing, workdir as workdir_lib
 from moejax.training.logging import MetricsWriter, write_json
-from moejax.training.optimizer import make_optimizer
-from moejax.training.state import abstract_like, init_train_state
-from moejax.training.step import make_eval_step, make_train_step
+from moejax.training.state import abstract_like, init_train_state, model_graphdef
+from moejax.training.step import build_train_step, make_eval_step
 
 
 def _process_local(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,14 +59,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   resuming = workdir_lib.prepare(workdir, config) if is_lead else True
 
   mesh = sharding.make_mesh(mesh_sizes)
-  tx, schedule = make_optimizer(config.optim, config.train.steps)
-  coefs = {"load_balance_loss": config.optim.load_balance_coef,
-           "router_z_loss": config.optim.router_z_coef}
+  graphdef = model_graphdef(config.model)
+  train_step, tx, _ = build_train_step(config, graphdef)
   with sharding.use_rules(config.sharding_rules):
-    graphdef, state, state_shardings = init_train_state(config, tx, mesh)
+    state, state_shardings = init_train_state(config, tx, mesh)
   with sharding.use_rules(config.sharding_rules), jax.set_mesh(mesh):
     batch_sharding = sharding.batch_sharding(mesh)
-    train_step = jax.jit(make_train_step(graphdef, tx, schedule, coefs), donate_argnums=0,
+    train_step = jax.jit(train_step, donate_argnums=0,
                          in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, None))
     eval_step = jax.jit(make_eval_step(graphdef), in_shardings=(state_shardings, batch_sharding))
