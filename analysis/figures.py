@@ -32,10 +32,13 @@ def save_figure(fig: Figure, out_stem: str | Path) -> dict[str, str]:
   out_stem = Path(out_stem)
   out_stem.parent.mkdir(parents=True, exist_ok=True)
   paths = {}
+  engine = fig.get_layout_engine()
   for ext in ("png", "pdf"):
     path = out_stem.with_suffix(f".{ext}")
     fig.savefig(path, dpi=150)
     paths[ext] = str(path)
+    fig.set_layout_engine("none")  # Keep the first save's layout: computing it is costly.
+  fig.set_layout_engine(engine)
   return paths
 
 

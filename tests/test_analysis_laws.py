@@ -112,6 +112,15 @@ def test_dropped_term_is_exact_zero():
   p = dict(THETA["ludziejewski"], log_b=-np.inf)
   np.testing.assert_allclose(np.exp(log_pred[0]), _paper_formula("ludziejewski", p, INPUTS))
   assert np.all(np.isfinite(vjp(np.ones((1, NUM_ROWS)))))
+  # The optimiser's coordinates keep the dropped term dropped, exactly.
+  fixed = ("log_b", "beta", "omega", "zeta")
+  problem = Problem.create(law, feats, log_pred[0], 1e-3, theta, fixed)
+  back = problem.to_theta(problem.to_x(theta[None]))[0]
+  assert back[law.index("log_b")] == -np.inf
+  np.testing.assert_allclose(np.delete(back, law.index("log_b")),
+                             np.delete(theta, law.index("log_b")), atol=1e-12)
+  f, g = problem.objective()(problem.to_x(theta[None]), np.zeros(1, dtype=int))
+  assert f[0] == pytest.approx(0.0, abs=1e-20) and np.all(np.isfinite(g))
 
 
 def test_expert_count_transform():

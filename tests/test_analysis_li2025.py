@@ -40,7 +40,7 @@ def test_dense_chinchilla_fit_is_stable_and_reports_intervals():
   for name in ("alpha", "beta", "E"):
     lo, hi = stab["near_best_range"][name]
     assert hi - lo < 0.1 * max(1.0, abs(fit.params()[name])), name
-  boot = bootstrap_fit(fit, 200, seed=0)
+  boot = bootstrap_fit(fit, 100, seed=0)
   summary = boot.summary()
   for name, s in summary.items():
     lo, hi = s["ci"]

@@ -16,7 +16,7 @@ def test_walkthrough_notebook_executes(tmp_path):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
   assert len(params) == 1
-  params[0].source = f"RESULTS_PATH = None\nNUM_RESAMPLES = 100\nOUT_DIR = {str(tmp_path)!r}"
+  params[0].source = f"RESULTS_PATH = None\nNUM_RESAMPLES = 50\nOUT_DIR = {str(tmp_path)!r}"
   client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                    resources={"metadata": {"path": str(NOTEBOOK.parent)}})
   client.execute()

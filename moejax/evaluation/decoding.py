@@ -88,7 +88,10 @@ def generate_batch(graphdef: nnx.GraphDef, states, prompt_BP, start_B, keys_B, t
 
 
 def item_keys(seed: int, uids: Sequence[str], num_samples: int = 1) -> jax.Array:
-  """Keys [len(uids) * num_samples], item-major: sample j of item i depends on (seed, uid, j)."""
+  """Keys [len(uids) * num_samples], item-major: sample j of item i depends on (seed, uid, j).
+
+  The uid enters through its CRC-32, so items keep their keys in any subset or order.
+  """
   base = jax.random.key(seed)
   keys = []
   for uid in uids:
@@ -126,12 +129,13 @@ def generate(model: model_io.Model, prompts: Sequence[Sequence[int]], *, max_new
     raise ValueError("Sampling (temperature > 0) needs one key per prompt")
   if keys is None:
     keys = jax.random.split(jax.random.key(0), len(prompts))
-  rows = batch_size
+  if len(keys) != len(prompts):
+    raise ValueError(f"{len(keys)} keys for {len(prompts)} prompts")
   out: list[list[int]] = [[] for _ in prompts]
-  for index_B in batching.length_batches([len(p) for p in prompts], rows):
+  for index_B in batching.length_batches([len(p) for p in prompts], batch_size):
     length = batching.bucket_length(max(len(prompts[i]) for i in index_B), min_bucket)
-    prompt_BP, start_B = batching.left_pad([prompts[i] for i in index_B], rows, length)
-    padded_index_B = np.pad(index_B, (0, rows - len(index_B)), constant_values=index_B[0])
+    prompt_BP, start_B = batching.left_pad([prompts[i] for i in index_B], batch_size, length)
+    padded_index_B = np.pad(index_B, (0, batch_size - len(index_B)), constant_values=index_B[0])
     tokens_BN = generate_batch(graphdef, states, jnp.asarray(prompt_BP), jnp.asarray(start_B),
                                keys[jnp.asarray(padded_index_B)], jnp.float32(temperature),
                                max_new_tokens=max_new_tokens, vocab_limit=vocab_limit)

@@ -3,12 +3,12 @@
   metrics = evaluate_suites(model, tok, "tiny", data_dir=DIR, max_items=200)
 
 Names: ``{suite}{split}_{metric}`` with suite ``mem`` (memorization) or ``reason`` (reasoning)
-and split ``""`` (test: held-out items) or ``_train`` (train_eval: items seen in training),
-so the first columns are those of analysis/results_schema.py:
+and split ``""`` (test: held-out items) or ``_train`` (train_eval: items seen in training);
+the first six below are the columns analysis/results_schema.py reads:
 
   mem_task_loss, mem_accuracy, mem_train_accuracy, reason_task_loss, reason_accuracy,
   reason_train_accuracy,
-  {s}_train_task_loss, {s}{split}_count,
+  mem_train_task_loss, reason_train_task_loss, {suite}{split}_count (items evaluated),
   reason{split}_accuracy_d{N}         accuracy by difficulty (number of operations)
   mem{split}_accuracy_{attribute}     accuracy by attribute
   reason_sc_accuracy[_d{N}], reason_pass_at_{k}

@@ -35,9 +35,9 @@ Progress = Callable[[int], None]
 
 
 def default_max_new_tokens(tokens: Sequence[batching.ItemTokens]) -> int:
-  """Twice the longest reference answer (EOS included), rounded up to a multiple of 8."""
+  """Twice the longest reference answer (EOS included), rounded up to a power of two >= 8."""
   longest = max((len(t.answer) for t in tokens), default=1)
-  return -(-2 * longest // 8) * 8
+  return batching.bucket_length(2 * longest, minimum=8)
 
 
 def _continuations(model, tokenizer, tokens, *, max_new_tokens, num_samples=1,

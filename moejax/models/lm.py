@@ -189,7 +189,8 @@ class MoELM(nnx.Module):
 
     The tokens take slots ``[cache.end, cache.end + T)``; row b's token in slot s has position
     ``s - start_B[b]`` and sees the real slots up to its own. Logits of slot s equal those of
-    ``__call__`` at position ``s - start_B[b]`` on the row's real tokens.
+    ``__call__`` at position ``s - start_B[b]`` on the row's real tokens (exactly so with
+    dropless dispatch; with a capacity limit, which tokens are dropped depends on the batch).
 
     Returns:
       (logits_BTV float32, the updated cache).
@@ -197,9 +198,9 @@ class MoELM(nnx.Module):
     num_new = ids_BT.shape[1]
     num_slots = cache.k_LJBSGK.shape[3]
     slots_T = cache.end + jnp.arange(num_new, dtype=jnp.int32)
-    positions_BT = jnp.broadcast_to(slots_T[None, :], (ids_BT.shape[0], num_new))
+    positions_BT = jnp.maximum(slots_T[None, :] - cache.start_B[:, None], 0)
     mask_B1TS = cache_attention_mask(cache.start_B, cache.end, num_new, num_slots)
-    x_BTD = self.embed(ids_BT)
+    x_BTD = sharding.constrain(self.embed(ids_BT), ("batch", "seq", "act_embed"))
 
     def apply_group(x_BTD, group, k_JBSGK, v_JBSGK):
       return group.decode(x_BTD, positions_BT, mask_B1TS, k_JBSGK, v_JBSGK, cache.end)

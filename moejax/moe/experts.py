@@ -1,9 +1,19 @@
-"""Stacked expert weights and their grouped computation. Experts know nothing about routing.
+"""Stacked expert weights and their computation. Experts know nothing about routing.
 
-Axes: E experts, G groups of rows, C rows per group, D d_model, F expert hidden size.
+An expert FFN is written once against a *grouped matmul* ``matmul(x, w_EIO) -> y`` that the
+dispatch strategy supplies; the strategy decides which rows meet which expert's weights:
+  batched_matmul  x_ECI: group e is expert e (einsum dispatch, the padded fast path of sorted);
+  gmm.block_matmul rows in blocks of one expert each (the exact overflow path of sorted);
+  jax.lax.ragged_dot  rows sorted by expert with group sizes (ragged_dot, Pallas kernels).
+Elementwise activations act row by row, so every grouping computes the same function.
+
+Axes: E experts, C rows per expert, M rows, D d_model, F expert hidden size, I/O the input and
+output features of one matmul.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -11,32 +21,50 @@ from flax import nnx
 
 from moejax.layers.params import fan_in_init, param
 
+GroupedMatmul = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def batched_matmul(x_ECI, w_EIO):
+  """Group e of the rows times expert e's weights: one batched matmul."""
+  return jnp.einsum("eci,eio->eco", x_ECI, w_EIO)
+
+
+def _stacked(rngs, num_experts: int, rows: int, cols: int, axes, param_dtype):
+  return param(rngs, fan_in_init((1,)), (num_experts, rows, cols), ("expert", *axes),
+               param_dtype)
+
 
 class SwiGLUExperts(nnx.Module):
-  """E independent SwiGLU FFNs with weights stacked on a leading expert axis."""
+  """E independent SwiGLU FFNs (Shazeer 2020) with weights stacked on a leading expert axis."""
 
   def __init__(self, num_experts: int, d_model: int, d_ff: int, *, param_dtype=jnp.float32,
                dtype=jnp.float32, rngs: nnx.Rngs):
     self.dtype = dtype
-    init = fan_in_init((1,))
-    self.w_gate_EDF = param(rngs, init, (num_experts, d_model, d_ff), ("expert", "embed", "mlp"),
-                            param_dtype)
-    self.w_up_EDF = param(rngs, init, (num_experts, d_model, d_ff), ("expert", "embed", "mlp"),
-                          param_dtype)
-    self.w_down_EFD = param(rngs, init, (num_experts, d_ff, d_model), ("expert", "mlp", "embed"),
-                            param_dtype)
+    self.w_gate_EDF = _stacked(rngs, num_experts, d_model, d_ff, ("embed", "mlp"), param_dtype)
+    self.w_up_EDF = _stacked(rngs, num_experts, d_model, d_ff, ("embed", "mlp"), param_dtype)
+    self.w_down_EFD = _stacked(rngs, num_experts, d_ff, d_model, ("mlp", "embed"), param_dtype)
 
-  def __call__(self, x_GCD, expert_of_group_G=None):
-    """Applies expert ``expert_of_group_G[g]`` to the rows of group g.
-
-    With ``expert_of_group_G=None`` the groups are the experts themselves (G == E).
-    """
+  def __call__(self, x, matmul: GroupedMatmul = batched_matmul):
     dt = self.dtype
-    weights = (self.w_gate_EDF[...], self.w_up_EDF[...], self.w_down_EFD[...])
-    if expert_of_group_G is not None:
-      weights = tuple(jnp.take(w, expert_of_group_G, axis=0) for w in weights)
-    w_gate_GDF, w_up_GDF, w_down_GFD = (w.astype(dt) for w in weights)
-    x_GCD = x_GCD.astype(dt)
-    gate_GCF = jnp.einsum("gcd,gdf->gcf", x_GCD, w_gate_GDF)
-    up_GCF = jnp.einsum("gcd,gdf->gcf", x_GCD, w_up_GDF)
-    return jnp.einsum("gcf,gfd->gcd", jax.nn.silu(gate_GCF) * up_GCF, w_down_GFD)
+    x = x.astype(dt)
+    gate = matmul(x, self.w_gate_EDF[...].astype(dt))
+    up = matmul(x, self.w_up_EDF[...].astype(dt))
+    return matmul(jax.nn.silu(gate) * up, self.w_down_EFD[...].astype(dt))
+
+
+class GeluExperts(nnx.Module):
+  """E independent GELU MLPs, y = gelu(x W_in) W_out (the ViT / DiT MLP, without biases)."""
+
+  def __init__(self, num_experts: int, d_model: int, d_ff: int, *, param_dtype=jnp.float32,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.w_in_EDF = _stacked(rngs, num_experts, d_model, d_ff, ("embed", "mlp"), param_dtype)
+    self.w_out_EFD = _stacked(rngs, num_experts, d_ff, d_model, ("mlp", "embed"), param_dtype)
+
+  def __call__(self, x, matmul: GroupedMatmul = batched_matmul):
+    dt = self.dtype
+    hidden = jax.nn.gelu(matmul(x.astype(dt), self.w_in_EDF[...].astype(dt)))
+    return matmul(hidden, self.w_out_EFD[...].astype(dt))
+
+
+EXPERTS = {"swiglu": SwiGLUExperts, "gelu": GeluExperts}

@@ -1,0 +1,222 @@
+"""MoE FFN dispatch speed against a dense SwiGLU FFN doing the same active FLOPs.
+
+  python -m benchmarks.moe_layer [--quick] [--repeats=3] [--strategies=sorted,einsum,ragged_dot]
+
+For each grid point (tokens T, d_model D, experts E, top-k K, routing) it times forward+backward
+(gradients for the tokens, the combine weights and every expert weight) of the routed SwiGLU
+experts (hidden F = ff_mult * D) and of a dense SwiGLU FFN with hidden K*F on the same tokens,
+side by side in one process: every repeat runs the dense FFN and every MoE variant of the same
+(T, D, K) once, and ratios use medians. The router itself (a D x E matmul and a top-k) is not
+timed: it is the same for every strategy and absent from the dense reference.
+
+Routings: ``balanced`` (every expert gets exactly T*K/E choices), ``random`` (uniform random
+experts: multinomial load noise) and ``skewed`` (Zipf popularity p_e ~ 1/(e+1): the first
+expert gets 3x (E=8) to 13x (E=64) the mean load). ``einsum`` runs with capacity factor 1.25
+(it drops tokens; dropless it needs O(T^2) memory) and is skipped where its [T, E, C] tensors
+exceed ``--einsum_max_elements``; ``ragged_dot``, which on CPU computes every expert densely
+(E/K times the work), is skipped where it would take over ``--max_baseline_s``.
+
+Prints a table, then one JSON line {"results": [...], ...}. Not a test: timings depend on the
+machine and its load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from moejax.moe.dispatch import dispatch
+from moejax.moe.experts import SwiGLUExperts
+from moejax.moe.routers import Routing
+
+_QUICK = flags.DEFINE_bool("quick", False, "Small grid (T=4096, D=256), under two minutes.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per variant (median).")
+_STRATEGIES = flags.DEFINE_list("strategies", ["sorted", "einsum", "ragged_dot"],
+                                "Dispatch strategies to time.")
+_TOKENS = flags.DEFINE_list("tokens", ["4096", "16384"], "Token counts (full grid).")
+_D_MODEL = flags.DEFINE_list("d_model", ["256", "1024"], "Model widths (full grid).")
+_EXPERTS = flags.DEFINE_list("experts", ["8", "64"], "Expert counts.")
+_TOP_K = flags.DEFINE_list("top_k", ["1", "2", "8"], "Experts per token.")
+_ROUTINGS = flags.DEFINE_list("routings", ["balanced", "random", "skewed"], "Routings.")
+_FF_MULT = flags.DEFINE_integer("ff_mult", 2, "Expert hidden size F = ff_mult * d_model.")
+_EINSUM_MAX = flags.DEFINE_integer("einsum_max_elements", 2 ** 27,
+                                   "Skip einsum where T*E*C exceeds this.")
+_MAX_BASELINE_S = flags.DEFINE_float("max_baseline_s", 15.0,
+                                     "Skip a baseline expected to take longer per call.")
+_EINSUM_CAPACITY = 1.25
+_SORTED_OPTIONS = flags.DEFINE_string("sorted_options", "{}", "JSON options for sorted (tuning).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  tokens: int
+  d_model: int
+  num_experts: int
+  top_k: int
+  routing: str
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """Best-of f32 matmul throughput (GFLOP/s) on the default device."""
+  a = jnp.ones((n, n), jnp.float32)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best / 1e9
+
+
+def make_expert_ids(point: Point, seed: int = 0) -> np.ndarray:
+  """[T, K] distinct experts per token for the point's routing pattern."""
+  rng = np.random.default_rng(seed)
+  t, e, k = point.tokens, point.num_experts, point.top_k
+  if point.routing == "balanced":  # token t takes experts r, r+1, ..., r+K-1 (mod E)
+    residue_T = rng.permutation(t) % e
+    return (residue_T[:, None] + np.arange(k)[None]) % e
+  popularity_E = np.ones(e) if point.routing == "random" else 1.0 / np.arange(1, e + 1)
+  gumbel_TE = rng.gumbel(size=(t, e)) + np.log(popularity_E)  # Gumbel top-k: sampling
+  return np.argsort(-gumbel_TE, axis=-1)[:, :k]              # without replacement
+
+
+def make_routing(point: Point) -> Routing:
+  ids_TK = jnp.asarray(make_expert_ids(point), jnp.int32)
+  logits_TE = jax.random.normal(jax.random.key(1), (point.tokens, point.num_experts))
+  probs_TE = jax.nn.softmax(logits_TE)
+  weights_TK = jnp.take_along_axis(probs_TE, ids_TK, axis=-1)
+  weights_TK = weights_TK / jnp.sum(weights_TK, axis=-1, keepdims=True)
+  return Routing(expert_ids_TK=ids_TK, weights_TK=weights_TK, probs_TE=probs_TE,
+                 logits_TE=logits_TE)
+
+
+def dense_step(d_model: int, d_ff: int):
+  """jit(forward+backward) of a dense SwiGLU FFN; returns (fn, args)."""
+  keys = jax.random.split(jax.random.key(2), 3)
+  w = (jax.random.normal(keys[0], (d_model, d_ff)) * d_model ** -0.5,
+       jax.random.normal(keys[1], (d_model, d_ff)) * d_model ** -0.5,
+       jax.random.normal(keys[2], (d_ff, d_model)) * d_ff ** -0.5)
+
+  def loss(x_TD, w):
+    w_gate, w_up, w_down = w
+    y_TD = (jax.nn.silu(x_TD @ w_gate) * (x_TD @ w_up)) @ w_down
+    return jnp.sum(y_TD * y_TD)
+
+  return jax.jit(jax.grad(loss, argnums=(0, 1))), (w,)
+
+
+def moe_step(point: Point, d_ff: int, strategy: str):
+  """jit(forward+backward) of dispatch + experts + combine; returns (fn, args)."""
+  experts = SwiGLUExperts(point.num_experts, point.d_model, d_ff, rngs=nnx.Rngs(0))
+  graphdef, weights = nnx.split(experts)
+  routing = make_routing(point)
+  options = {"capacity_factor": _EINSUM_CAPACITY} if strategy == "einsum" else {}
+  if strategy.startswith("sorted"):
+    options = json.loads(_SORTED_OPTIONS.value)
+
+  def loss(x_TD, weights, routing):
+    y_TD, _ = dispatch(strategy, x_TD, routing, nnx.merge(graphdef, weights), **options)
+    return jnp.sum(y_TD * y_TD)
+
+  # The routing is an argument (not a closed-over constant XLA would fold) and is
+  # differentiated too: its combine weights get gradients, its int32 ids float0 ones.
+  grad_fn = jax.grad(loss, argnums=(0, 1, 2), allow_int=True)
+  return jax.jit(grad_fn), (weights, routing)
+
+
+def skip_reason(point: Point, strategy: str, dense_s: float) -> str | None:
+  if strategy == "einsum":
+    cap = -(-int(point.tokens * point.top_k * _EINSUM_CAPACITY) // point.num_experts)
+    if point.tokens * point.num_experts * cap > _EINSUM_MAX.value:
+      return "T*E*C too large"
+  if strategy == "ragged_dot":
+    if dense_s * point.num_experts / point.top_k > _MAX_BASELINE_S.value:
+      return f"~{dense_s * point.num_experts / point.top_k:.0f}s per call"
+  return None
+
+
+def time_group(tokens: int, d_model: int, top_k: int, points, strategies, repeats: int):
+  """Times the dense FFN and every (point, strategy) variant of one (T, D, K), interleaved."""
+  d_ff = _FF_MULT.value * d_model
+  x_TD = jax.random.normal(jax.random.key(0), (tokens, d_model))
+  variants = {"dense": dense_step(d_model, top_k * d_ff)}
+  fn, args = variants["dense"]
+  start = time.perf_counter()
+  jax.block_until_ready(fn(x_TD, *args))
+  dense_s = time.perf_counter() - start  # includes compilation: an upper bound
+  skipped = {}
+  for point in points:
+    for strategy in strategies:
+      reason = skip_reason(point, strategy, dense_s)
+      if reason:
+        skipped[(point, strategy)] = reason
+      else:
+        variants[(point, strategy)] = moe_step(point, d_ff, strategy)
+  for fn, args in variants.values():
+    jax.block_until_ready(fn(x_TD, *args))
+  times = {name: [] for name in variants}
+  for _ in range(repeats):
+    for name, (fn, args) in variants.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(x_TD, *args))
+      times[name].append(time.perf_counter() - start)
+  medians = {name: float(np.median(t)) for name, t in times.items()}
+  return medians, skipped
+
+
+def active_flops(tokens: int, d_model: int, top_k: int) -> float:
+  """Forward+backward matmul FLOPs of the experts a token uses: 3 matmuls, x3 for backward."""
+  return 3 * 3 * 2 * tokens * d_model * _FF_MULT.value * d_model * top_k
+
+
+def main(argv):
+  del argv
+  tokens = [4096] if _QUICK.value else [int(t) for t in _TOKENS.value]
+  widths = [256] if _QUICK.value else [int(d) for d in _D_MODEL.value]
+  experts = [int(e) for e in _EXPERTS.value]
+  routings = ["balanced", "skewed"] if _QUICK.value else list(_ROUTINGS.value)
+  strategies = list(_STRATEGIES.value)
+  peak = matmul_peak_gflops()
+  print(f"f32 matmul peak {peak:.1f} GFLOP/s; expert hidden F = {_FF_MULT.value} * d_model; "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
+  header = (f"{'T':>6} {'D':>5} {'E':>3} {'K':>2} {'routing':>9} {'strategy':>10} "
+            f"{'time_s':>8} {'dense_s':>8} {'ratio':>6} {'MFU':>6}")
+  print(header, flush=True)
+  results = []
+  for t in tokens:
+    for d in widths:
+      for k in [int(k) for k in _TOP_K.value]:
+        points = [Point(t, d, e, k, r) for e in experts if k <= e for r in routings]
+        medians, skipped = time_group(t, d, k, points, strategies, _REPEATS.value)
+        dense_s = medians["dense"]
+        flops = active_flops(t, d, k)
+        for point in points:
+          for strategy in strategies:
+            prefix = (f"{t:>6} {d:>5} {point.num_experts:>3} {k:>2} {point.routing:>9} "
+                      f"{strategy:>10}")
+            if (point, strategy) in skipped:
+              print(f"{prefix} skipped: {skipped[(point, strategy)]}", flush=True)
+              continue
+            seconds = medians[(point, strategy)]
+            mfu = flops / seconds / 1e9 / peak
+            print(f"{prefix} {seconds:8.3f} {dense_s:8.3f} {seconds / dense_s:6.2f} "
+                  f"{mfu:6.1%}", flush=True)
+            results.append({**dataclasses.asdict(point), "strategy": strategy,
+                            "ratio_vs_dense": round(seconds / dense_s, 3),
+                            "seconds": round(seconds, 4), "dense_seconds": round(dense_s, 4),
+                            "mfu": round(mfu, 3)})
+        print(f"{'':>34} dense MFU {flops / dense_s / 1e9 / peak:.1%}", flush=True)
+  print(json.dumps({"results": results, "matmul_peak_gflops": round(peak, 1),
+                    "ff_mult": _FF_MULT.value, "repeats": _REPEATS.value}))
+
+
+if __name__ == "__main__":
+  app.run(main)

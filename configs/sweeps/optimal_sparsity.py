@@ -1,0 +1,125 @@
+"""Sweeps of "Optimal Sparsity of MoE Language Models for Reasoning Tasks" (Nakamura et al. 2025).
+
+Presets (``get_sweep(preset)``):
+  paper         the study's 65 models: d_model {512, 1024, 2048} x E {8..256} x k {2..16},
+                k <= E, no d2048-E256; 16 layers, 125B tokens each. Named as the released
+                checkpoints, ``d{D}-E{E}-k{K}-{TOTAL}-A{ACTIVE}``. Trained on a pod from a seqio
+                task: ``--override=data.task=NAME``.
+  tiny          the CPU study: families of fixed active parameters (d_model x top_k) whose total
+                parameters grow with E, each with a dense baseline of the same active size.
+  isoflop_tiny  equal training FLOPs per budget (steps chosen by moejax.counting), varied
+                sparsity and active size.
+  smoke         three runs of seconds on synthetic tokens (tests).
+
+Groups: ``d{D}-k{K}`` is a family of fixed active parameters (a fixed FLOP budget too, since
+every run of a preset trains the same tokens); iso-FLOP runs are grouped by ``C{budget}``.
+
+  python -m experiments.sweep --sweep=configs/sweeps/optimal_sparsity.py:paper --list
+  python -m experiments.sweep --sweep=configs/sweeps/optimal_sparsity.py:tiny --workdir=DIR
+"""
+
+from __future__ import annotations
+
+from configs import lm_moe
+from moejax import counting
+from moejax.sweeps.spec import make_run, steps_for_flops
+
+PRESETS = ("paper", "tiny", "isoflop_tiny", "smoke")
+
+# The paper grid (RESEARCH.md section 1).
+PAPER_D_MODELS = (512, 1024, 2048)
+PAPER_EXPERTS = (8, 16, 32, 64, 128, 256)
+PAPER_TOP_KS = (2, 4, 8, 16)
+PAPER_NOT_TRAINED = ((2048, 256),)  # (d_model, E)
+
+# The tiny CPU study: every knob that sets its cost is here. Tune steps and batch together.
+TINY = dict(
+    d_models=(64, 128),        # two active sizes per top-k
+    top_ks=(1, 2),
+    num_experts=(4, 8, 16),    # total parameters grow at fixed active parameters
+    dense_baseline=True,       # a dense model with d_ff = k * expert_d_ff per family
+    seeds=(0,),
+    model=dict(num_layers=2),
+    data=dict(batch_size=32, seq_len=128),
+    optim=dict(warmup_steps=20),
+    train=dict(steps=200, log_every=10, checkpoint_every=100, eval_batches=4),
+)
+# Iso-FLOP: each budget is "REFERENCE trained for N steps"; every model gets the steps that
+# spend the same FLOPs (rounded, so budgets agree to < 1% with >= 50 steps per run).
+ISOFLOP_TINY = dict(
+    models=((64, 1, 1), (64, 4, 1), (64, 16, 1), (128, 1, 1), (128, 4, 1), (128, 16, 1)),
+    reference=(128, 1, 1),     # (d_model, E, k); E = 1 means dense
+    reference_steps=(80, 240),
+    seeds=(0,),
+    model=TINY["model"], data=TINY["data"], optim=TINY["optim"],
+    train=dict(log_every=10, checkpoint_every=100, eval_batches=4),
+)
+SMOKE = dict(
+    models=((1, 1), (2, 1), (4, 1)),  # (E, k); E = 1 means dense
+    train=dict(steps=12, log_every=4, checkpoint_every=12, eval_batches=1),
+)
+
+
+def _model(d_model: int, experts: int, top_k: int) -> dict:
+  """Model overrides; E = 1 is the family's dense baseline: a dense FFN of the same active size
+  (d_ff = k * expert_d_ff, no router; moe_every=0)."""
+  if experts == 1:
+    return dict(d_model=d_model, moe_every=0, d_ff=top_k * 2 * d_model)
+  return dict(d_model=d_model, num_experts=experts, top_k=top_k)
+
+
+def _run(base, p, seed: int, *, model: dict, suffix: str = "", **kwargs):
+  """A run of a CPU preset ``p``: its section overrides, seed (init and data order) and name
+  (suffixed ``-s{seed}`` when the preset has several seeds)."""
+  sections = {name: {**p.get(name, {}), **kwargs.pop(name, {})}
+              for name in ("data", "optim", "train")}
+  suffix = suffix + (f"-s{seed}" if len(p["seeds"]) > 1 else "")
+  run = make_run(base, model={**p.get("model", {}), **model}, suffix=suffix, **sections,
+                 **kwargs)
+  run.config.seed = seed
+  run.config.data.seed = seed
+  return run
+
+
+def paper():
+  base = lm_moe.get_config("paper")
+  return [make_run(base, group=f"d{d}-k{k}", model=_model(d, e, k))
+          for d in PAPER_D_MODELS for e in PAPER_EXPERTS for k in PAPER_TOP_KS
+          if k <= e and (d, e) not in PAPER_NOT_TRAINED]
+
+
+def tiny(p=None):
+  p = p or TINY
+  base = lm_moe.get_config("tiny")
+  return [_run(base, p, seed, group=f"d{d}-k{k}", model=_model(d, e, k))
+          for seed in p["seeds"] for d in p["d_models"] for k in p["top_ks"]
+          for e in ([1] if p["dense_baseline"] else []) + [e for e in p["num_experts"] if e >= k]]
+
+
+def isoflop_tiny(p=None):
+  p = p or ISOFLOP_TINY
+  base = lm_moe.get_config("tiny")
+  runs = []
+  for ref_steps in p["reference_steps"]:
+    reference = _run(base, p, 0, model=_model(*p["reference"]), train=dict(steps=ref_steps))
+    budget = counting.summary(reference.config)["train_flops"]
+    for seed in p["seeds"]:
+      for d, e, k in p["models"]:
+        probe = _run(base, p, seed, model=_model(d, e, k))
+        runs.append(_run(base, p, seed, model=_model(d, e, k), group=f"C{budget:.1e}",
+                         suffix=f"-C{budget:.1e}", tags={"flop_budget": budget},
+                         train=dict(steps=steps_for_flops(probe.config, budget))))
+  return runs
+
+
+def smoke():
+  base = lm_moe.get_config("smoke")
+  return [make_run(base, group="d32-k1", train=SMOKE["train"],
+                   model=_model(base.model.d_model, e, k)) for e, k in SMOKE["models"]]
+
+
+def get_sweep(preset: str = "tiny"):
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r} for configs/sweeps/optimal_sparsity.py; "
+                     f"choose from {PRESETS}")
+  return {"paper": paper, "tiny": tiny, "isoflop_tiny": isoflop_tiny, "smoke": smoke}[preset]()
