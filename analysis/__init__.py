@@ -13,5 +13,7 @@ The package reads tables (no models). Entry points:
   demo_data.make_demo_results()            a SYNTHETIC demo table
   li2025                                   loaders for the Li et al. 2025 public tables
 
-Command line: ``python -m analysis.fit --help``. Walkthrough: notebooks/.
+Command lines: ``python -m analysis.fit --help`` (fit a table, one JSON line) and
+``python -m analysis.coverage_study`` (interval coverage on synthetic data). Walkthrough:
+notebooks/optimal_sparsity_walkthrough.ipynb.
 """

@@ -69,6 +69,11 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   cfg.train = ml_collections.ConfigDict(dict(
       steps=29_803, log_every=10, checkpoint_every=500, keep_checkpoints=3, eval_batches=8,
       progress_bar=True))
+  # Evaluation after training on the data suites (moejax/evaluation/): QA and reasoning
+  # accuracy by greedy generation, task losses, knowledge bits; sc_samples > 0 adds
+  # self-consistency and pass@k. max_items caps each split (a fixed subset; 0 = all).
+  cfg.eval = ml_collections.ConfigDict(dict(suites=True, max_items=256, batch_size=64,
+                                            sc_samples=0))
   # Mesh axis sizes (-1: all remaining devices) and the logical -> mesh axis table.
   cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   cfg.sharding_rules = [

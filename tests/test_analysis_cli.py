@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import coverage_study
 from analysis import fit as fit_cli
 from analysis.laws import get_law
 from analysis.synthetic import synthetic_chinchilla_runs
@@ -75,3 +76,9 @@ def test_best_of_keeps_lowest_loss_per_cell(tmp_path, capsys):
                       "--loss-col", "loss", "--best-of", "N,E", "--bootstrap", "20"])
   assert out["rows_used"] == 6
   assert out["params"]["a"]["estimate"] < 0
+
+
+def test_coverage_study_runs(capsys):
+  assert coverage_study.main(["--datasets", "1", "--resamples", "20"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["datasets"] == 1 and set(out["coverage"]) == {"E", "A", "B", "alpha", "beta"}

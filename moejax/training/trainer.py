@@ -83,10 +83,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager.wait_until_finished()
     writer.close()
     eval_loss = evaluate(eval_step, state, eval_source, batch_sharding, config.train.eval_batches)
+    suite_metrics = _suite_metrics(config, graphdef, state)
 
   results = {**counting.summary(config), "eval_loss": eval_loss,
              "eval_perplexity": float(np.exp(eval_loss)), "final_train_loss": final_loss,
-             "steps": config.train.steps, "resumed_from_step": start}
+             "steps": config.train.steps, "resumed_from_step": start, **suite_metrics}
   if hasattr(source, "entropy_floor"):
     results["entropy_floor"] = source.entropy_floor()
   results.update(_throughput(workdir))
@@ -129,6 +130,21 @@ def _log(writer, bar, step, metrics, tokens_per_s) -> float:
   if not np.isfinite(row["loss"]):
     raise FloatingPointError(f"loss became {row['loss']} at step {step}")
   return row["loss"]
+
+
+def _suite_metrics(config: ml_collections.ConfigDict, graphdef, state) -> dict:
+  """Generation-based metrics on the data suites (memorization QA, reasoning), when trained on
+  them; single-process only (generation gathers results on the host)."""
+  if config.data.source != "suites" or not config.eval.suites or jax.process_count() > 1:
+    return {}
+  from moejax.data import layout  # pylint: disable=import-outside-toplevel
+  from moejax.evaluation.suite_metrics import evaluate_suites  # pylint: disable=import-outside-toplevel
+  counts = counting.count_params(config.model)
+  return evaluate_suites(state, None, config.data.preset,
+                         config.data.data_dir or layout.default_data_dir(), graphdef=graphdef,
+                         max_items=config.eval.max_items or None,
+                         batch_size=config.eval.batch_size, sc_samples=config.eval.sc_samples,
+                         num_params=counts[0], progress=config.train.progress_bar)
 
 
 def _throughput(workdir: str) -> dict:
