@@ -1,0 +1,68 @@
+"""The study end to end: sweep -> evaluation -> fits -> figures -> report.
+
+The sweep runs through moejax.sweeps (skipping finished runs, so re-running resumes); each run's
+trainer already evaluates the data suites into its eval.json (``config.eval``), and
+``suite_columns`` lifts those metrics into the results table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moejax.study import report, verdicts
+
+SUITE_PREFIXES = ("mem_", "mem_train_", "reason_", "knowledge_", "bits_per_param")
+
+
+def suite_columns(run, run_dir: str) -> dict[str, float]:
+  """Evaluation hook for moejax.sweeps: the suite metrics from the run's eval.json."""
+  del run
+  with open(os.path.join(run_dir, "eval.json")) as f:
+    results = json.load(f)
+  return {k: float(v) for k, v in results.items()
+          if k.startswith(SUITE_PREFIXES) and isinstance(v, (int, float))}
+
+
+def fit_routed_law(df: pd.DataFrame, num_resamples: int = 200) -> dict[str, Any]:
+  """Clark et al. (2022) unified routed law of held-out loss in (active params, experts),
+  with bootstrap intervals; an explanation instead when the runs cannot identify it."""
+  from analysis.bootstrap import bootstrap_fit  # pylint: disable=import-outside-toplevel
+  from analysis.fitting import fit_law  # pylint: disable=import-outside-toplevel
+  from analysis.laws import get_law  # pylint: disable=import-outside-toplevel
+  runs = df[(df["status"] == "done") & np.isfinite(df["final_eval_loss"])]
+  if len(runs) < 5 or runs["num_experts"].nunique() < 2 or runs["active_params"].nunique() < 2:
+    return {"clark": "not fitted: needs >= 5 finished runs over >= 2 active sizes and E values"}
+  inputs = {"N": runs["active_params"].to_numpy(float), "E": runs["num_experts"].to_numpy(float)}
+  fit = fit_law(get_law("clark"), inputs, runs["final_eval_loss"].to_numpy(float))
+  boot = bootstrap_fit(fit, num_resamples)
+  return {"clark": {"params": boot.summary(0.95), **fit.summary()}}
+
+
+def run_study(sweep_spec: str, workdir: str, *, preset: str, processes: int = 1,
+              backend: str = "local", overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+  """Runs (or resumes) the sweep, then writes DIR/report.md and DIR/summary.json."""
+  from analysis.figures import make_study_figures  # pylint: disable=import-outside-toplevel
+  from moejax.sweeps import load_sweep, run_sweep  # pylint: disable=import-outside-toplevel
+  from moejax.sweeps.spec import apply_overrides  # pylint: disable=import-outside-toplevel
+  start = time.time()
+  runs = apply_overrides(load_sweep(sweep_spec), list(overrides))
+  os.makedirs(workdir, exist_ok=True)
+  df = run_sweep(runs, os.path.join(workdir, "sweep"), backend=backend, processes=processes,
+                 evaluate=suite_columns)
+  done = df[df["status"] == "done"].copy()
+  fits: dict[str, Any]
+  try:
+    fits = fit_routed_law(done)
+  except Exception as e:  # pylint: disable=broad-except  (a failed fit is reported, not fatal)
+    logging.warning("fit failed: %s", e)
+    fits = {"clark": f"fit failed: {e}"}
+  figures = make_study_figures(done, os.path.join(workdir, "figures")) if len(done) else {}
+  return report.write(workdir, df, verdicts.all_verdicts(done), figures, fits,
+                      {"preset": preset, "wall_time_s": time.time() - start})
