@@ -34,7 +34,9 @@ _EVALUATE = flags.DEFINE_string(
     "evaluate", None, "Evaluation hook file.py:function or module:function; default: the "
     "sweep file's evaluate() if it has one; 'none': no evaluation.")
 _RETRY_DIVERGED = flags.DEFINE_bool("retry_diverged", False, "Re-run diverged runs too.")
-_RAY_ADDRESS = flags.DEFINE_string("ray_address", None, "Ray cluster address (HOST:PORT).")
+_RAY_ADDRESS = flags.DEFINE_string(
+    "ray_address", None, "Ray cluster HOST:PORT; unset: a running local cluster or a new one; "
+    "'local': always a new local cluster.")
 _RAY_NUM_CPUS = flags.DEFINE_float("ray_num_cpus", 1, "CPUs one Ray task reserves.")
 _RAY_RESOURCES = flags.DEFINE_string("ray_resources", "{}",
                                      'Other resources of one Ray task, JSON, e.g. {"TPU": 4}.')

@@ -11,8 +11,9 @@ Presets (``get_sweep(preset)``):
                 sparsity and active size.
   smoke         three runs of seconds on synthetic tokens (tests).
 
-Groups: ``d{D}-k{K}`` is a family of fixed active parameters (a fixed FLOP budget too, since
-every run of a preset trains the same tokens); iso-FLOP runs are grouped by ``C{budget}``.
+Families (the ``family`` column): ``d{D}-k{K}`` holds fixed active parameters (and a fixed FLOP
+budget, since every run of a preset trains the same tokens); iso-FLOP runs form one family
+``C{budget}`` per budget.
 
   python -m experiments.sweep --sweep=configs/sweeps/optimal_sparsity.py:paper --list
   python -m experiments.sweep --sweep=configs/sweeps/optimal_sparsity.py:tiny --workdir=DIR
@@ -33,8 +34,10 @@ PAPER_TOP_KS = (2, 4, 8, 16)
 PAPER_NOT_TRAINED = ((2048, 256),)  # (d_model, E)
 
 # The tiny CPU study: every knob that sets its cost is here. Tune steps and batch together.
+# Two active sizes come from top-k 1 vs 2 at d_model 64 (8 runs). Adding 128 to d_models crosses
+# active size with top-k (16 runs; a d128 step costs ~3x a d64 step).
 TINY = dict(
-    d_models=(64, 128),        # two active sizes per top-k
+    d_models=(64,),
     top_ks=(1, 2),
     num_experts=(4, 8, 16),    # total parameters grow at fixed active parameters
     dense_baseline=True,       # a dense model with d_ff = k * expert_d_ff per family
@@ -83,7 +86,7 @@ def _run(base, p, seed: int, *, model: dict, suffix: str = "", **kwargs):
 
 def paper():
   base = lm_moe.get_config("paper")
-  return [make_run(base, group=f"d{d}-k{k}", model=_model(d, e, k))
+  return [make_run(base, family=f"d{d}-k{k}", model=_model(d, e, k))
           for d in PAPER_D_MODELS for e in PAPER_EXPERTS for k in PAPER_TOP_KS
           if k <= e and (d, e) not in PAPER_NOT_TRAINED]
 
@@ -91,7 +94,7 @@ def paper():
 def tiny(p=None):
   p = p or TINY
   base = lm_moe.get_config("tiny")
-  return [_run(base, p, seed, group=f"d{d}-k{k}", model=_model(d, e, k))
+  return [_run(base, p, seed, family=f"d{d}-k{k}", model=_model(d, e, k))
           for seed in p["seeds"] for d in p["d_models"] for k in p["top_ks"]
           for e in ([1] if p["dense_baseline"] else []) + [e for e in p["num_experts"] if e >= k]]
 
@@ -105,17 +108,18 @@ def isoflop_tiny(p=None):
     budget = counting.summary(reference.config)["train_flops"]
     for seed in p["seeds"]:
       for d, e, k in p["models"]:
-        probe = _run(base, p, seed, model=_model(d, e, k))
-        runs.append(_run(base, p, seed, model=_model(d, e, k), group=f"C{budget:.1e}",
-                         suffix=f"-C{budget:.1e}", tags={"flop_budget": budget},
-                         train=dict(steps=steps_for_flops(probe.config, budget))))
+        run = _run(base, p, seed, model=_model(d, e, k), family=f"C{budget:.1e}",
+                   suffix=f"-C{budget:.1e}", tags={"flop_budget": budget})
+        run.config.train.steps = steps_for_flops(run.config, budget)
+        runs.append(run)
   return runs
 
 
 def smoke():
   base = lm_moe.get_config("smoke")
-  return [make_run(base, group="d32-k1", train=SMOKE["train"],
-                   model=_model(base.model.d_model, e, k)) for e, k in SMOKE["models"]]
+  d = base.model.d_model
+  return [make_run(base, family=f"d{d}-k1", train=SMOKE["train"], model=_model(d, e, k))
+          for e, k in SMOKE["models"]]
 
 
 def get_sweep(preset: str = "tiny"):

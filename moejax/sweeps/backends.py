@@ -104,8 +104,8 @@ def run_ray(tasks: Sequence[Task], evaluate, on_start: OnStart, on_done: OnDone,
   if started_here:
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
   resources = dict(resources or {})
-  remote = ray.remote(execute.remote_main).options(
-      num_cpus=num_cpus, resources=resources, max_calls=1, max_retries=0)
+  remote = ray.remote(num_cpus=num_cpus, resources=resources, max_calls=1,
+                      max_retries=0)(execute.remote_main)
   window = max_concurrent or _ray_window(ray, num_cpus, resources)
   options = execute.jax_options()
   queue = list(tasks)

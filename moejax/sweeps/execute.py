@@ -33,6 +33,7 @@ FORWARDED_JAX_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_
 
 
 def last_line(error: BaseException) -> str:
+  """``Type: last line of the message`` (config_flags and XLA errors span many lines)."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   return f"{type(error).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
 
@@ -67,31 +68,42 @@ def _train_columns(results_dict: Mapping[str, Any]) -> dict[str, Any]:
           "resumed_from_step": results_dict.get("resumed_from_step")}
 
 
+def _train(run: SweepRun, run_dir: str) -> dict[str, Any]:
+  """Training's result columns: done (with losses), diverged or failed."""
+  from moejax.training.trainer import train  # pylint: disable=import-outside-toplevel
+  try:
+    row = {"status": results.DONE, **_train_columns(train(run.config, run_dir))}
+  except FloatingPointError as e:  # the trainer's non-finite loss
+    match = _STEP_RE.search(str(e))
+    return {"status": results.DIVERGED, "error": last_line(e),
+            "diverged_step": int(match.group(1)) if match else None}
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    return {"status": results.FAILED, "error": f"training: {last_line(e)}"}
+  step = finite_divergence_step(_logged_losses(run_dir))
+  if step is not None:
+    row.update(status=results.DIVERGED, diverged_step=step,
+               error=f"loss rose above its initial value from step {step}")
+  return row
+
+
+def _evaluate(run: SweepRun, run_dir: str, evaluate: EvalHook | str) -> dict[str, Any]:
+  """The hook's metrics as columns (``name`` and ``status`` are reserved), or a failure."""
+  try:
+    hook = load_callable(evaluate) if isinstance(evaluate, str) else evaluate
+    return {k: v for k, v in dict(hook(run, run_dir)).items() if k not in ("name", "status")}
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    return {"status": results.FAILED, "error": f"evaluation: {last_line(e)}"}
+
+
 def execute_run(run: SweepRun, run_dir: str, evaluate: EvalHook | str | None = None
                 ) -> dict[str, Any]:
   """Trains (or resumes) ``run`` in ``run_dir``, evaluates it; returns its result columns."""
-  from moejax.training.trainer import train  # pylint: disable=import-outside-toplevel
   start = time.time()
-  row: dict[str, Any] = {"status": results.DONE, "error": None, "diverged_step": None}
-  stage = "training"
-  try:
-    row.update(_train_columns(train(run.config, run_dir)))
-    step = finite_divergence_step(_logged_losses(run_dir))
-    if step is not None:
-      row.update(status=results.DIVERGED, diverged_step=step,
-                 error=f"loss rose above its initial value from step {step}")
-    elif evaluate is not None:
-      stage = "evaluation"
-      hook = load_callable(evaluate) if isinstance(evaluate, str) else evaluate
-      row.update({k: v for k, v in dict(hook(run, run_dir)).items()
-                  if k not in ("name", "status")})
-  except FloatingPointError as e:
-    match = _STEP_RE.search(str(e))
-    row.update(status=results.DIVERGED, error=last_line(e),
-               diverged_step=int(match.group(1)) if match else None)
-  except Exception as e:  # pylint: disable=broad-except
-    traceback.print_exc()
-    row.update(status=results.FAILED, error=f"{stage}: {last_line(e)}")
+  row: dict[str, Any] = {"error": None, "diverged_step": None, **_train(run, run_dir)}
+  if row["status"] == results.DONE and evaluate is not None:
+    row.update(_evaluate(run, run_dir, evaluate))
   row["wall_time_s"] = time.time() - start
   return row
 
@@ -140,8 +152,20 @@ def child_main(run: SweepRun, run_dir: str, evaluate: EvalHook | str | None,
     apply_jax_options(options)
     row = execute_run(run, run_dir, evaluate)
     print(f"[sweep] {run.name}: {row['status']} {row.get('error') or ''}", flush=True)
+    sys.stderr.flush()
   conn.send(row)
   conn.close()
+  # The result is delivered; leftover library threads (e.g. an async save interrupted by a NaN)
+  # get a minute to finish, then must not keep the process alive.
+  _exit_after(60.0)
+
+
+def _exit_after(seconds: float) -> None:
+  def stop():
+    time.sleep(seconds)
+    os._exit(0)  # pylint: disable=protected-access
+
+  threading.Thread(target=stop, daemon=True).start()
 
 
 def remote_main(run: SweepRun, run_dir: str, evaluate: EvalHook | str | None,

@@ -29,7 +29,7 @@ TABLE = "results"
 PENDING, RUNNING, DONE, DIVERGED, FAILED = "pending", "running", "done", "diverged", "failed"
 # Leading columns of read_table, in this order (the rest follow in creation order).
 LEADING_COLUMNS = (
-    "name", "status", "group", "d_model", "num_experts", "top_k", "total_params",
+    "name", "status", "family", "d_model", "num_experts", "top_k", "total_params",
     "active_params", "train_tokens", "train_flops", "sparsity", "tpp", "final_train_loss",
     "final_eval_loss", "seed", "diverged_step", "error")
 _INT64_MAX = 2**63 - 1
@@ -61,14 +61,10 @@ def _sql_value(value: Any) -> Any:
 
 
 def _sql_type(value: Any) -> str:
-  if isinstance(value, float):  # NaN included (stored as NULL)
+  """A new column's type from the first value stored in it (a NaN is a float)."""
+  if isinstance(value, (float, np.floating)):
     return "REAL"
-  value = _sql_value(value)
-  if isinstance(value, int):
-    return "INTEGER"
-  if isinstance(value, float):
-    return "REAL"
-  return "TEXT" if isinstance(value, str) else ""
+  return {int: "INTEGER", float: "REAL", str: "TEXT"}.get(type(_sql_value(value)), "")
 
 
 class ResultsTable:
@@ -95,9 +91,9 @@ class ResultsTable:
     return [row[1] for row in self._conn.execute(f"PRAGMA table_info({TABLE})")]
 
   def _add_columns(self, row: Mapping[str, Any]) -> None:
-    existing = set(self.columns())
+    existing = {c.lower() for c in self.columns()}  # SQLite names ignore case
     for column, value in row.items():
-      if column not in existing:
+      if column.lower() not in existing:
         self._conn.execute(
             f"ALTER TABLE {TABLE} ADD COLUMN {_quote(column)} {_sql_type(value)}".rstrip())
 
@@ -136,10 +132,12 @@ def read_table(workdir: str) -> pd.DataFrame:
     raise FileNotFoundError(f"no results table at {path}")
   with sqlite3.connect(path, timeout=60) as conn:
     df = pd.read_sql_query(f"SELECT * FROM {TABLE} ORDER BY rowid", conn)
-  for column in df.columns:  # numbers with missing values (NULL) come back as objects
+    declared = {row[1]: row[2] for row in conn.execute(f"PRAGMA table_info({TABLE})")}
+  for column in df.columns:  # numbers with missing values (NULL) may come back as objects
     values = df[column].dropna()
-    if (df[column].dtype == object and len(values)
-        and values.map(lambda v: isinstance(v, (int, float))).all()):
-      df[column] = pd.to_numeric(df[column])
+    if df[column].dtype == object and (
+        declared.get(column) in ("REAL", "INTEGER")
+        or (len(values) and values.map(lambda v: isinstance(v, (int, float))).all())):
+      df[column] = pd.to_numeric(df[column], errors="coerce")
   leading = [c for c in LEADING_COLUMNS if c in df.columns]
   return df[leading + [c for c in df.columns if c not in leading]]

@@ -2,7 +2,7 @@
 
   from moejax.sweeps import load_sweep, run_sweep
   df = run_sweep(load_sweep("configs/sweeps/optimal_sparsity.py:tiny"), "/tmp/sweep",
-                 processes=2, evaluate="configs/sweeps/optimal_sparsity.py:evaluate")
+                 processes=2, evaluate=my_hook)  # my_hook(run, run_dir) -> dict
 
 Layout of WORKDIR: ``results.sqlite`` (the table), ``runs/NAME/`` (each run's workdir: config,
 metrics, checkpoints, eval.json), ``logs/NAME.log`` (output of runs in child processes).

@@ -32,12 +32,12 @@ class SweepRun:
   Attributes:
     name: unique within the sweep; also the run's directory name.
     config: the full training config (``configs/lm_moe.py`` layout).
-    group: the family the run belongs to (e.g. fixed active parameters, one FLOP budget).
+    family: the family the run belongs to (e.g. fixed active parameters, one FLOP budget).
     tags: extra columns for the results table (strings or numbers).
   """
   name: str
   config: ml_collections.ConfigDict
-  group: str = ""
+  family: str = ""
   tags: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -62,24 +62,19 @@ def default_name(model: ml_collections.ConfigDict) -> str:
           f"A{counting.format_count(active)}")
 
 
-def make_run(base: ml_collections.ConfigDict, *, group: str = "", name: str | None = None,
-             suffix: str = "", tags: Mapping[str, Any] | None = None,
+def make_run(base: ml_collections.ConfigDict, *, family: str = "",
+             name: str | None = None, suffix: str = "", tags: Mapping[str, Any] | None = None,
              **overrides: Mapping[str, Any]) -> SweepRun:
   """A run from a copy of ``base`` updated section by section.
 
   Example: ``make_run(base, model=dict(num_experts=16), train=dict(steps=200))``. The name
   defaults to ``default_name(model) + suffix``.
   """
-  config = _copy(base)
+  config = copy.deepcopy(base)  # keeps lazy references: heads and FFN sizes follow d_model
   for section, values in overrides.items():
     _update(config, section, values)
   return SweepRun(name=name or default_name(config.model) + suffix, config=config,
-                  group=group, tags=dict(tags or {}))
-
-
-def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A deep copy that keeps lazy references (heads and FFN sizes follow d_model)."""
-  return copy.deepcopy(config)
+                  family=family, tags=dict(tags or {}))
 
 
 def _update(config: ml_collections.ConfigDict, section: str, values: Mapping[str, Any]):
@@ -102,7 +97,7 @@ def static_columns(run: SweepRun) -> dict[str, Any]:
   summary = counting.summary(run.config)
   summary.pop("name")
   summary.pop("params_by_component")
-  columns = {**summary, **model_tags(run.config.model), "group": run.group,
+  columns = {**summary, **model_tags(run.config.model), "family": run.family,
              "seed": run.config.seed,
              "tpp": summary["train_tokens"] / summary["total_params"],
              "steps": run.config.train.steps, "batch_size": run.config.data.batch_size,
@@ -177,37 +172,46 @@ def select(runs: Iterable[SweepRun], pattern: str | None) -> list[SweepRun]:
 
 
 def _parse_value(text: str, current: Any) -> Any:
+  """``text`` as the type of the field's current value (JSON for other types and None)."""
   if isinstance(current, bool):
     if text.lower() not in ("true", "false", "1", "0"):
       raise ValueError(f"expected a boolean, got {text!r}")
     return text.lower() in ("true", "1")
-  if isinstance(current, (int, float)) and not isinstance(current, bool):
-    return type(current)(float(text)) if isinstance(current, int) else float(text)
-  if isinstance(current, str):
-    return text
-  return json.loads(text)
+  if isinstance(current, int):
+    return int(float(text))
+  if isinstance(current, float):
+    return float(text)
+  return text if isinstance(current, str) else json.loads(text)
+
+
+def _set_field(config: ml_collections.ConfigDict, item: str) -> None:
+  key, sep, text = item.partition("=")
+  *parents, field = key.split(".")
+  try:
+    node = config
+    for part in parents:
+      node = node[part]
+    if not sep or field not in node:
+      raise KeyError(key)
+    node[field] = _parse_value(text, node[field])
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    raise validation.ConfigError(f"override {item!r}: not KEY=VALUE with a known config "
+                                 f"field ({type(e).__name__}: {e})") from None
 
 
 def apply_overrides(runs: Sequence[SweepRun], overrides: Sequence[str]) -> list[SweepRun]:
   """Copies of ``runs`` with ``section.field=value`` overrides applied to every config.
 
-  Names do not change (they describe the model); e.g. ``train.steps=100`` shortens every run.
+  E.g. ``train.steps=100`` shortens every run. A default name follows a changed model.
   """
   out = []
   for run in runs:
-    config = _copy(run.config)
+    config = copy.deepcopy(run.config)
     for item in overrides:
-      key, sep, text = item.partition("=")
-      if not sep:
-        raise validation.ConfigError(f"override {item!r} is not KEY=VALUE")
-      *parents, field = key.split(".")
-      node = config
-      for part in parents:
-        node = node[part]
-      if field not in node:
-        raise validation.ConfigError(f"override {item!r}: unknown config field {key!r}")
-      node[field] = _parse_value(text, node[field])
-    out.append(dataclasses.replace(run, config=config))
+      _set_field(config, item)
+    old, new = default_name(run.config.model), default_name(config.model)
+    name = new + run.name[len(old):] if run.name.startswith(old) else run.name
+    out.append(dataclasses.replace(run, name=name, config=config))
   validate(out)
   return out
 
