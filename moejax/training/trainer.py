@@ -75,13 +75,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if restored is not None:
       state = restored
     writer = MetricsWriter(workdir, resume_step=start, enabled=is_lead)
-    final_loss = _run_steps(config, state_holder := {"state": state}, train_step, source,
-                            batch_sharding, manager, writer, start)
-    state = state_holder["state"]
-    checkpointing.save(manager, config.train.steps, state, force=True) if (
-        manager.latest_step() != config.train.steps) else None
-    manager.wait_until_finished()
-    writer.close()
+    holder = {"state": state}
+    try:
+      final_loss = _run_steps(config, holder, train_step, source, batch_sharding, manager,
+                              writer, start)
+      if manager.latest_step() != config.train.steps:
+        checkpointing.save(manager, config.train.steps, holder["state"], force=True)
+    finally:  # also on divergence: finish pending saves and close the files
+      manager.wait_until_finished()
+      manager.close()
+      writer.close()
+    state = holder["state"]
     eval_loss = evaluate(eval_step, state, eval_source, batch_sharding, config.train.eval_batches)
     suite_metrics = _suite_metrics(config, graphdef, state)
 
