@@ -28,9 +28,21 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       top_k=2,
       shared_expert_d_ff=0,       # 0: no always-on shared expert
       moe_every=1,                # 1: every layer MoE; n: every n-th; 0: dense model
+      router="softmax_top_k",     # softmax_top_k | sigmoid_top_k | noisy_top_k | expert_choice
+                                  # | sinkhorn_top_k | relu  (moejax/moe/routers.py)
       router_renormalize=True,
-      dispatch="sorted",          # "sorted" (dropless) or "einsum" (GShard reference)
-      capacity_factor=ml_collections.FieldReference(None, field_type=float),
+      router_bias_update_rate=0.0,  # > 0: aux-loss-free balancing bias (softmax/sigmoid top-k)
+      router_noise_std=ml_collections.FieldReference(None, field_type=float),  # None: 1/E
+      sinkhorn_iterations=8,
+      initial_top_k=ml_collections.FieldReference(None, field_type=int),  # top-k schedule:
+      top_k_decay_steps=0,        # k falls from initial_top_k to top_k over these steps
+      dispatch="sorted",          # sorted (dropless) | einsum (GShard reference) | ragged_dot
+      capacity_factor=ml_collections.FieldReference(None, field_type=float),  # None: dropless
+      batch_prioritized_routing=False,  # with a capacity: fill it by decreasing top gate (BPR)
+      granularity=1,              # expert hidden = 2 * d_model / granularity (fine-grained)
+      balance_per_sequence=False,  # balance loss per sequence, averaged
+      detailed_moe_metrics=False,  # load spread, importance, token/chunk sparsity metrics
+      sparsity_chunk_size=8,
       rope_base=10_000.0,
       norm_eps=1e-5,
       dtype="float32",            # compute dtype: float32 | bfloat16
@@ -42,7 +54,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   cfg.num_heads = cfg.get_ref("d_model") // cfg.get_ref("head_dim")
   cfg.num_kv_heads = cfg.get_ref("d_model") // cfg.get_ref("head_dim")  # MHA: kv = query heads
   cfg.d_ff = 2 * cfg.get_ref("d_model")         # hidden of dense FFN layers
-  cfg.expert_d_ff = 2 * cfg.get_ref("d_model")  # hidden of each routed expert
+  cfg.expert_d_ff = 2 * cfg.get_ref("d_model") // cfg.get_ref("granularity")  # per expert
   cfg.update(overrides)
   return cfg
 
@@ -65,7 +77,10 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
       eval_seed=1_000_003))    # ... or, for synthetic data, a stream with another seed
   cfg.optim = ml_collections.ConfigDict(dict(
       lr=4e-4, min_lr=4e-5, warmup_steps=2000, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
-      grad_clip=1.0, load_balance_coef=1e-2, router_z_coef=1e-3))
+      grad_clip=1.0, load_balance_coef=1e-2, router_z_coef=1e-3,
+      # Coefficients of the other MoE losses (aux keys importance_loss, load_loss,
+      # router_sparsity_loss); V-MoE uses 0.005 each for importance and load.
+      importance_loss_coef=0.0, load_loss_coef=0.0, router_sparsity_coef=0.0))
   cfg.train = ml_collections.ConfigDict(dict(
       steps=29_803, log_every=10, checkpoint_every=500, keep_checkpoints=3, eval_batches=8,
       progress_bar=True))

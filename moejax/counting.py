@@ -39,7 +39,7 @@ def param_breakdown(model: ml_collections.ConfigDict) -> dict[str, int]:
       "norms": 2 * d * model.num_layers + d,
       "attention": attention * model.num_layers,
       "dense_ffn": _swiglu(d, model.d_ff) * dense_layers,
-      "router": d * model.num_experts * moe_layers,
+      "router": (d + (model.get("router") == "relu")) * model.num_experts * moe_layers,
       "experts": model.num_experts * _swiglu(d, model.expert_d_ff) * moe_layers,
       "shared_experts": _swiglu(d, model.shared_expert_d_ff) * moe_layers,
   }

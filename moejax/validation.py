@@ -11,7 +11,10 @@ import math
 import ml_collections
 
 from moejax.models.lm import DTYPES, REMAT_POLICIES
+from kernels_pallas import grouped_matmul
 from moejax.moe.dispatch import STRATEGIES
+from moejax.moe.layer import BIASED_ROUTERS, TOP_K_ROUTERS
+from moejax.moe.routers import ROUTERS
 
 
 class ConfigError(ValueError):
@@ -46,12 +49,47 @@ def validate_model(m: ml_collections.ConfigDict, prefix: str = "config.model"):
              f"{prefix}.dispatch={m.dispatch!r} is not one of {sorted(STRATEGIES)}")
     _require(m.capacity_factor is None or m.capacity_factor > 0,
              f"{prefix}.capacity_factor={m.capacity_factor} must be > 0 or None (dropless)")
+    _validate_router(m, prefix)
   _require(m.shared_expert_d_ff >= 0,
            f"{prefix}.shared_expert_d_ff={m.shared_expert_d_ff} must be >= 0")
   for field in ("dtype", "param_dtype"):
     _require(m[field] in DTYPES, f"{prefix}.{field}={m[field]!r} is not one of {sorted(DTYPES)}")
   _require(m.remat in ("none", *REMAT_POLICIES),
            f"{prefix}.remat={m.remat!r} is not one of {['none', *REMAT_POLICIES]}")
+
+
+def _validate_router(m: ml_collections.ConfigDict, prefix: str):
+  """Router, balancing and schedule fields of an MoE model (moejax/moe/layer.py)."""
+  router = m.get("router", "softmax_top_k")
+  _require(router in ROUTERS, f"{prefix}.router={router!r} is not one of {list(ROUTERS)}")
+  rate = m.get("router_bias_update_rate", 0.0)
+  _require(rate >= 0, f"{prefix}.router_bias_update_rate={rate} must be >= 0")
+  _require(not rate or router in BIASED_ROUTERS,
+           f"{prefix}.router_bias_update_rate={rate} needs {prefix}.router in "
+           f"{list(BIASED_ROUTERS)}, not {router!r}")
+  noise = m.get("router_noise_std")
+  _require(noise is None or noise > 0, f"{prefix}.router_noise_std={noise} must be > 0 or None")
+  _require(m.get("sinkhorn_iterations", 8) >= 1,
+           f"{prefix}.sinkhorn_iterations={m.get('sinkhorn_iterations')} must be >= 1")
+  initial = m.get("initial_top_k")
+  if initial is not None:
+    _require(m.top_k <= initial <= m.num_experts,
+             f"{prefix}.initial_top_k={initial} must be in [{prefix}.top_k={m.top_k}, "
+             f"{prefix}.num_experts={m.num_experts}]")
+    _require(router in TOP_K_ROUTERS,
+             f"{prefix}.initial_top_k needs {prefix}.router in {list(TOP_K_ROUTERS)}, "
+             f"not {router!r}")
+    _require(m.top_k_decay_steps >= 0,
+             f"{prefix}.top_k_decay_steps={m.top_k_decay_steps} must be >= 0")
+  granularity = m.get("granularity", 1)
+  _require(granularity >= 1 and (2 * m.d_model) % granularity == 0,
+           f"{prefix}.granularity={granularity} must be >= 1 and divide 2 * {prefix}.d_model")
+  _require(m.get("sparsity_chunk_size", 8) >= 1,
+           f"{prefix}.sparsity_chunk_size={m.get('sparsity_chunk_size')} must be >= 1")
+  if m.dispatch == "pallas":
+    _require(grouped_matmul.AVAILABLE,
+             f"{prefix}.dispatch='pallas' needs the kernels_pallas grouped matmul, which is not "
+             "implemented yet")
 
 
 def mesh_axis_sizes(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:

@@ -1,4 +1,7 @@
-"""MoE layer: dispatch strategies against a per-token reference, capacity, losses."""
+"""MoE dispatch: every strategy against a per-token loop in values and gradients, capacity and
+priority, the dispatch plan, and the MoE layer's strategy agreement."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -6,125 +9,195 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from moejax.moe import losses
-from moejax.moe.dispatch import dispatch, sorted_dispatch
-from moejax.moe.experts import SwiGLUExperts
+from moejax.moe import plan as planning
+from moejax.moe.dispatch import dispatch
+from moejax.moe.experts import GeluExperts, SwiGLUExperts
 from moejax.moe.layer import MoELayer
-from moejax.moe.routers import Routing, softmax_top_k
+from moejax.moe.routers import Routing, expert_choice, softmax_top_k
 
-T, D, F = 24, 8, 16
+# Correctness-only compiles: the unoptimised XLA backend compiles these tiny programs faster.
+fast_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+T, D, F, E = 24, 8, 16, 4
+
+
+def build(make):
+  """``make()`` (an nnx module) initialised under jit: eager init compiles op by op."""
+  graphdef = nnx.split(nnx.eval_shape(make))[0]
+  return nnx.merge(graphdef, fast_jit(lambda: nnx.state(make()))())
 
 
 def per_token_reference(x_TD, routing: Routing, experts):
-  """y_t = sum_j w_tj * expert_{e_tj}(x_t), one token-choice at a time (groups of one row)."""
-  num_tokens, top_k = routing.expert_ids_TK.shape
-  token_A = jnp.repeat(jnp.arange(num_tokens), top_k)
-  y_A1D = experts(x_TD[token_A][:, None, :], routing.expert_ids_TK.reshape(-1))
-  y_TKD = y_A1D.reshape(num_tokens, top_k, -1)
-  return jnp.einsum("tkd,tk->td", y_TKD, routing.weights_TK)
+  """y_t = sum_j w_tj * expert_{e_tj}(x_t) over active choices, one token-choice at a time."""
+  num_tokens, num_choices = routing.expert_ids_TK.shape
+  expert_A = routing.expert_ids_TK.reshape(-1)
+
+  def per_row_matmul(x_AI, w_EIO):  # row a times the weights of its own expert
+    return jnp.einsum("ai,aio->ao", x_AI, w_EIO[expert_A])
+
+  y_AD = experts(jnp.repeat(x_TD, num_choices, axis=0), per_row_matmul)
+  weights_TK = jnp.where(routing.active(), routing.weights_TK, 0.0)
+  return jnp.einsum("tkd,tk->td", y_AD.reshape(num_tokens, num_choices, -1), weights_TK)
 
 
-def make_routing(expert_ids_TK, seed=0):
-  num_experts = 4
-  logits = jax.random.normal(jax.random.key(seed), (expert_ids_TK.shape[0], num_experts))
+def make_routing(expert_ids_TK, active_TK=None, seed=0):
+  expert_ids_TK = jnp.asarray(expert_ids_TK, jnp.int32)
+  logits = jax.random.normal(jax.random.key(seed), (expert_ids_TK.shape[0], E))
   weights = jax.nn.softmax(jax.random.normal(jax.random.key(seed + 1), expert_ids_TK.shape))
-  return Routing(expert_ids_TK=jnp.asarray(expert_ids_TK, jnp.int32), weights_TK=weights,
-                 probs_TE=jax.nn.softmax(logits), logits_TE=logits)
+  return Routing(expert_ids_TK=expert_ids_TK, weights_TK=weights,
+                 probs_TE=jax.nn.softmax(logits), logits_TE=logits, active_TK=active_TK)
+
+
+def _logits(seed):
+  return jax.random.normal(jax.random.key(seed), (T, E))
 
 
 ROUTINGS = {
-    "random_top2": lambda: softmax_top_k(jax.random.normal(jax.random.key(3), (T, 4)), 2),
+    "random_top2": lambda: softmax_top_k(_logits(3), 2),
     "all_on_one_expert": lambda: make_routing(np.stack([np.zeros(T), np.ones(T)], 1)),
     "empty_experts": lambda: make_routing(np.stack([np.full(T, 2), np.full(T, 3)], 1)),
-    "k_equals_E": lambda: softmax_top_k(jax.random.normal(jax.random.key(4), (T, 4)), 4),
-    "top1": lambda: softmax_top_k(jax.random.normal(jax.random.key(5), (T, 4)), 1),
+    "k_equals_E": lambda: softmax_top_k(_logits(4), E),
+    "top1": lambda: softmax_top_k(_logits(5), 1),
+    "masked": lambda: softmax_top_k(_logits(6), 3).replace(
+        active_TK=jax.random.bernoulli(jax.random.key(7), 0.6, (T, 3))),
+    "expert_choice": lambda: expert_choice(_logits(8), capacity=9),
 }
+CASES = (
+    [("sorted", {}, name) for name in ROUTINGS]
+    + [("sorted", {"block_rows": 1}, "all_on_one_expert"),  # bulk and remainder blocks
+       ("sorted", {"rows_per_expert": 0}, "masked")]         # everything in the block pass
+    + [("einsum", {}, name) for name in ("random_top2", "k_equals_E", "masked")]
+    + [("ragged_dot", {}, name) for name in ("random_top2", "masked")]
+)
 
 
 @pytest.fixture(scope="module")
 def experts():
-  return SwiGLUExperts(4, D, F, rngs=nnx.Rngs(0))
+  return build(lambda: SwiGLUExperts(E, D, F, rngs=nnx.Rngs(0)))
 
 
-@pytest.mark.parametrize("strategy,options", [("sorted", {}), ("sorted", {"block_rows": 8}),
-                                              ("einsum", {"capacity_factor": None})])
-@pytest.mark.parametrize("routing_name", sorted(ROUTINGS))
+def _loss_and_grads(experts, routing, strategy_fn):
+  graphdef, weights = nnx.split(experts)
+
+  def loss(x_TD, weights, combine_TK):
+    routed = routing.replace(weights_TK=combine_TK)
+    return jnp.sum(jnp.sin(strategy_fn(x_TD, routed, nnx.merge(graphdef, weights))))
+
+  grad_fn = jax.value_and_grad(loss, argnums=(0, 1, 2))
+  x_TD = jax.random.normal(jax.random.key(1), (T, D))
+  return fast_jit(grad_fn)(x_TD, weights, routing.weights_TK)
+
+
+@pytest.mark.parametrize("strategy,options,routing_name", CASES)
 def test_strategy_matches_reference_values_and_gradients(experts, strategy, options,
                                                           routing_name):
   routing = ROUTINGS[routing_name]()
-  x_TD = jax.random.normal(jax.random.key(1), (T, D))
-  graphdef, weights = nnx.split(experts)
-
-  def loss(x_TD, weights, combine_TK, fn):
-    experts_fn = nnx.merge(graphdef, weights)
-    routed = routing.replace(weights_TK=combine_TK)
-    return jnp.sum(jnp.sin(fn(x_TD, routed, experts_fn)))
 
   def strategy_fn(x, r, e):
     return dispatch(strategy, x, r, e, **options)[0]
 
-  args = (x_TD, weights, routing.weights_TK)
-  # Eager (un-jitted) once, jitted everywhere: eager op-by-op dispatch is slow to run.
-  jit = not (routing_name == "random_top2" and strategy == "sorted" and not options)
-  grad_fn = jax.value_and_grad(loss, argnums=(0, 1, 2))
-  grad_fn = jax.jit(grad_fn, static_argnums=3) if jit else grad_fn
-  value_s, grads_s = grad_fn(*args, strategy_fn)
-  value_r, grads_r = grad_fn(*args, per_token_reference)
+  value_s, grads_s = _loss_and_grads(experts, routing, strategy_fn)
+  value_r, grads_r = _loss_and_grads(experts, routing, per_token_reference)
   np.testing.assert_allclose(value_s, value_r, rtol=1e-5, atol=1e-5)
   for g_s, g_r in zip(jax.tree.leaves(grads_s), jax.tree.leaves(grads_r)):
     np.testing.assert_allclose(g_s, g_r, rtol=1e-4, atol=1e-5)
 
 
-def test_einsum_capacity_drops_overflow_in_priority_order(experts):
+def test_sorted_runs_eagerly(experts):
+  """Eager (un-jitted) once; everything else is jitted (eager dispatch compiles op by op)."""
+  routing = ROUTINGS["all_on_one_expert"]()
+  x_TD = jax.random.normal(jax.random.key(2), (T, D))
+  y_TD, _ = dispatch("sorted", x_TD, routing, experts, rows_per_expert=8)
+  np.testing.assert_allclose(y_TD, per_token_reference(x_TD, routing, experts), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_gelu_experts_agree_across_strategies():
+  gelu = build(lambda: GeluExperts(E, D, F, rngs=nnx.Rngs(1)))
+  routing = ROUTINGS["random_top2"]()
+  x_TD = jax.random.normal(jax.random.key(2), (T, D))
+  reference = per_token_reference(x_TD, routing, gelu)
+  for strategy in ("sorted", "einsum"):
+    y_TD, _ = fast_jit(lambda x, r, s=strategy: dispatch(s, x, r, gelu))(x_TD, routing)
+    np.testing.assert_allclose(y_TD, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_capacity_drops_overflow_in_priority_order(experts):
   # Every token picks expert 0 first; capacity ceil(T * 1 * 0.5 / 4) = 3 rows per expert.
   routing = make_routing(np.zeros((T, 1)))
   x_TD = jax.random.normal(jax.random.key(2), (T, D))
-  y_TD, stats = dispatch("einsum", x_TD, routing, experts, capacity_factor=0.5)
   reference_TD = per_token_reference(x_TD, routing, experts)
-  np.testing.assert_allclose(y_TD[:3], reference_TD[:3], rtol=1e-5, atol=1e-6)
-  np.testing.assert_array_equal(y_TD[3:], 0.0)
-  np.testing.assert_allclose(stats["dropped_fraction"], 1 - 3 / T)
+  for strategy in ("einsum", "sorted", "ragged_dot"):
+    y_TD, stats = fast_jit(lambda x, r, s=strategy: dispatch(s, x, r, experts,
+                                                            capacity_factor=0.5))(x_TD, routing)
+    np.testing.assert_allclose(y_TD[:3], reference_TD[:3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(y_TD[3:], 0.0)
+    np.testing.assert_allclose(stats["dropped_fraction"], 1 - 3 / T)
 
 
-def test_sorted_reports_no_drops(experts):
+def test_capacity_agrees_between_einsum_and_sorted_with_and_without_bpr(experts):
+  routing = softmax_top_k(_logits(11) + jnp.array([2.0, 1.0, 0.0, 0.0]), 2)
+  x_TD = jax.random.normal(jax.random.key(3), (T, D))
+
+  def run(strategy, bpr):
+    fn = lambda x, r: dispatch(strategy, x, r, experts, capacity_factor=0.75,
+                               batch_prioritized=bpr)
+    return fast_jit(fn)(x_TD, routing)
+
+  for bpr in (False, True):
+    y_einsum, stats_einsum = run("einsum", bpr)
+    y_sorted, stats_sorted = run("sorted", bpr)
+    np.testing.assert_allclose(y_sorted, y_einsum, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats_sorted["dropped_fraction"], stats_einsum["dropped_fraction"])
+    assert float(stats_sorted["dropped_fraction"]) > 0.0
+  assert not np.allclose(run("sorted", False)[0], run("sorted", True)[0])
+
+
+def test_plan_ranks_follow_priority():
+  # Tokens 0..3 all choose expert 1 first and expert 0 second; token 2 has the top gate.
+  ids = np.array([[1, 0]] * 4)
+  weights = np.array([[0.6, 0.4], [0.7, 0.3], [0.9, 0.1], [0.5, 0.5]], np.float32)
+  routing = make_routing(ids).replace(weights_TK=jnp.asarray(weights))
+
+  @functools.partial(fast_jit, static_argnums=1)
+  def ranks_and_sizes(routing, batch_prioritized):
+    plan = planning.sort_assignments(routing, batch_prioritized)
+    return planning.assignment_ranks(routing, plan), plan.sizes_E
+
+  ranks, sizes = ranks_and_sizes(routing, False)
+  np.testing.assert_array_equal(sizes, [4, 4, 0, 0])
+  np.testing.assert_array_equal(ranks, [[0, 0], [1, 1], [2, 2], [3, 3]])
+  np.testing.assert_array_equal(ranks_and_sizes(routing, True)[0][:, 0], [2, 1, 0, 3])
+  inactive = routing.replace(active_TK=jnp.array([[True, False]] * 4))
+  ranks, sizes = ranks_and_sizes(inactive, False)
+  np.testing.assert_array_equal(sizes, [0, 4, 0, 0])
+  assert (ranks[:, 1] >= 8).all()  # inactive choices rank past every capacity
+
+
+def test_dropless_strategies_report_no_drops(experts):
   routing = ROUTINGS["all_on_one_expert"]()
-  _, stats = sorted_dispatch(jnp.ones((T, D)), routing, experts)
-  assert float(stats["dropped_fraction"]) == 0.0
+  for strategy in ("sorted", "ragged_dot"):
+    _, stats = fast_jit(lambda x, r, s=strategy: dispatch(s, x, r, experts))(jnp.ones((T, D)),
+                                                                           routing)
+    assert float(stats["dropped_fraction"]) == 0.0
 
 
-def test_top_k_routing_picks_largest_and_renormalises():
-  logits_TE = jnp.array([[0.0, 3.0, 1.0, 2.0]])
-  routing = softmax_top_k(logits_TE, 2, renormalize=True)
-  assert routing.expert_ids_TK.tolist() == [[1, 3]]
-  np.testing.assert_allclose(routing.weights_TK.sum(), 1.0, rtol=1e-6)
-  raw = softmax_top_k(logits_TE, 2, renormalize=False)
-  np.testing.assert_allclose(raw.weights_TK, jax.nn.softmax(logits_TE)[0, jnp.array([1, 3])][None])
-
-
-def test_balance_loss_is_one_when_uniform_and_z_loss_matches_definition():
-  num_tokens, num_experts = 8, 4
-  ids = np.stack([np.arange(num_tokens) % num_experts, (np.arange(num_tokens) + 1) % 4], 1)
-  logits = jnp.zeros((num_tokens, num_experts))
-  routing = Routing(expert_ids_TK=jnp.asarray(ids), weights_TK=jnp.full((8, 2), 0.5),
-                    probs_TE=jax.nn.softmax(logits), logits_TE=logits)
-  np.testing.assert_allclose(losses.load_balance_loss(routing), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(losses.router_z_loss(routing), np.log(4.0) ** 2, rtol=1e-6)
-  skewed = routing.replace(expert_ids_TK=jnp.zeros_like(routing.expert_ids_TK),
-                           probs_TE=jnp.tile(jnp.array([[0.7, 0.1, 0.1, 0.1]]), (8, 1)))
-  assert float(losses.load_balance_loss(skewed)) > 2.0
-
-
-@pytest.mark.parametrize("shared_d_ff", [0, 8])
-def test_moe_layer_strategies_agree(shared_d_ff):
+def test_moe_layer_strategies_agree():
   x_BSD = jax.random.normal(jax.random.key(0), (2, 6, D))
   outputs = {}
   for strategy in ("sorted", "einsum"):
-    layer = MoELayer(D, 4, 2, F, shared_d_ff=shared_d_ff, strategy=strategy, rngs=nnx.Rngs(0))
-    outputs[strategy], aux = layer(x_BSD)
-    assert set(aux) >= {"load_balance_loss", "router_z_loss", "dropped_fraction", "max_load"}
+    layer = build(lambda s=strategy: MoELayer(D, 4, 2, F, shared_d_ff=8, strategy=s,
+                                              rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(layer)
+    outputs[strategy], aux = fast_jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, x_BSD)
+    assert set(aux) == {"load_balance_loss", "router_z_loss", "dropped_fraction", "max_load",
+                        "router_entropy"}
   np.testing.assert_allclose(outputs["sorted"], outputs["einsum"], rtol=1e-5, atol=1e-6)
 
 
-def test_moe_layer_rejects_top_k_above_num_experts():
+def test_moe_layer_rejects_bad_arguments():
   with pytest.raises(ValueError, match="top_k=5"):
     MoELayer(D, 4, 5, F, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="router="):
+    MoELayer(D, 4, 2, F, router="nope", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="bias_update_rate"):
+    MoELayer(D, 4, 2, F, router="expert_choice", bias_update_rate=1e-3, rngs=nnx.Rngs(0))

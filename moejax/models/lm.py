@@ -51,10 +51,20 @@ class DecoderBlock(nnx.Module):
     self.ffn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, param_dtype=dtypes["param_dtype"],
                             rngs=rngs)
     if use_moe:
-      self.ffn = MoELayer(cfg.d_model, cfg.num_experts, cfg.top_k, cfg.expert_d_ff,
-                          shared_d_ff=cfg.shared_expert_d_ff, renormalize=cfg.router_renormalize,
-                          strategy=cfg.dispatch, capacity_factor=cfg.capacity_factor,
-                          rngs=rngs, **dtypes)
+      initial_top_k = cfg.get("initial_top_k")
+      self.ffn = MoELayer(
+          cfg.d_model, cfg.num_experts, cfg.top_k, cfg.expert_d_ff,
+          shared_d_ff=cfg.shared_expert_d_ff, router=cfg.get("router", "softmax_top_k"),
+          renormalize=cfg.router_renormalize, strategy=cfg.dispatch,
+          capacity_factor=cfg.capacity_factor,
+          batch_prioritized=cfg.get("batch_prioritized_routing", False),
+          bias_update_rate=cfg.get("router_bias_update_rate", 0.0),
+          noise_std=cfg.get("router_noise_std"),
+          sinkhorn_iterations=cfg.get("sinkhorn_iterations", 8),
+          top_k_schedule=(initial_top_k, cfg.top_k_decay_steps) if initial_top_k else None,
+          balance_per_sequence=cfg.get("balance_per_sequence", False),
+          chunk_size=cfg.get("sparsity_chunk_size", 8),
+          detailed_metrics=cfg.get("detailed_moe_metrics", False), rngs=rngs, **dtypes)
     else:
       self.ffn = SwiGLU(cfg.d_model, cfg.d_ff, rngs=rngs, **dtypes)
     self.use_moe = use_moe

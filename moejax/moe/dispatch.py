@@ -15,7 +15,7 @@ tests check values and gradients against a per-token loop.
               as one batched matmul [E, C, D] (fast when routing is balanced); with a capacity
               factor that is all; dropless, the overflow rows run exactly in a second pass over
               blocks of one expert each, whose loop length follows the actual overflow
-              (gmm.py). Combine is a weighted scatter-add into the tokens.
+              (blocks.py). Combine is a weighted scatter-add into the tokens.
   ragged_dot  sort by expert, ``jax.lax.ragged_dot`` over the expert groups (efficient in XLA on
               TPU/GPU; on CPU XLA computes every group densely, E/K times the work).
   pallas      the same layout with the grouped matmul of kernels_pallas/ (a later issue).
@@ -36,7 +36,7 @@ from flax import nnx
 
 from moejax.moe import plan as planning
 from moejax.moe.experts import batched_matmul
-from moejax.moe.gmm import block_matmul
+from moejax.moe.blocks import block_pass
 from moejax.moe.routers import Routing
 
 ExpertFn = Callable[..., jax.Array]
@@ -74,6 +74,8 @@ def einsum_dispatch(x_TD, routing: Routing, experts: ExpertFn, *,
   num_tokens, num_choices = routing.expert_ids_TK.shape
   num_experts = routing.num_experts
   cap = planning.capacity(num_tokens, num_choices, num_experts, capacity_factor)
+  if routing.max_load is not None:
+    cap = min(cap, routing.max_load)
   plan = planning.sort_assignments(routing, batch_prioritized)
   rank_TK = planning.assignment_ranks(routing, plan)
   kept_TK = routing.active() & (rank_TK < cap)
@@ -95,117 +97,59 @@ def default_rows_per_expert(num_assignments: int, num_experts: int) -> int:
   return max(1, -(-num_assignments // num_experts))
 
 
-def _overflow_rows_bound(num_assign: int, cap: int, num_experts: int, rows: int) -> int:
-  """Static bound on the block-padded overflow rows: with j overflowing experts (each holding
-  more than C) at most A - j*C rows overflow, and each expert pads at most R - 1 rows."""
-  most = max(0, min(num_experts, num_assign // (cap + 1)))
-  bound = max((num_assign - j * cap + j * (rows - 1) for j in range(1, most + 1)), default=0)
-  return -(-bound // rows) * rows
+def _segment_blocks(rows_E, first_E, plan, cap: int, block_rows: int, max_rows: int):
+  """Block tables for one overflow segment per expert: ``rows_E`` rows of expert e starting at
+  its overflow row ``first_E``, padded to blocks of ``block_rows``, in at most ``max_rows`` rows.
 
-
-def overflow_classes(num_assign: int, cap: int, num_experts: int,
-                     block_rows: Optional[int] = None) -> list[tuple[int, int]]:
-  """Static (rows, block rows) sizes of the overflow pass, smallest first.
-
-  The largest holds the worst case; smaller ones (A/4, A/16, ... rows, blocks of about 1/16 of
-  that) serve the usual small overflow at a proportional cost, since every buffer of a pass has
-  its static size. Each size is a separately compiled branch; the smallest that fits runs.
+  Returns (token_M, assignment_M, valid_M, expert_N, num_blocks); blocks past ``num_blocks``
+  are unused.
   """
-  def rows_for(size):
-    return block_rows or int(min(128, max(8, 2 ** int(math.log2(max(size // 16, 1))))))
-
-  full_rows = rows_for(num_assign)
-  largest = _overflow_rows_bound(num_assign, cap, num_experts, full_rows)
-  if largest == 0:
-    return []
-  classes = [(largest, full_rows)]
-  size = num_assign // 4
-  while size >= 8 * rows_for(size) and size < largest:
-    rows = rows_for(size)
-    classes.append((-(-size // rows) * rows, rows))
-    size //= 4
-  return sorted(classes)
-
-
-def _overflow_blocks(x_TD, weights_A, expert_state, assignment_S, starts_E, over_E, *,
-                     experts_graphdef, cap: int, num_choices: int, num_rows: int, rows: int):
-  """The overflow rows of every expert, padded to blocks of ``rows``, through the experts."""
-  num_experts = over_E.shape[0]
-  padded_E = -(-over_E // rows) * rows
+  num_experts = rows_E.shape[0]
+  padded_E = -(-rows_E // block_rows) * block_rows
   padded_end_E = jnp.cumsum(padded_E)
-  num_blocks = padded_end_E[-1] // rows
-  block_start_N = jnp.arange(num_rows // rows, dtype=jnp.int32) * rows
+  block_start_N = jnp.arange(max_rows // block_rows, dtype=jnp.int32) * block_rows
   expert_N = jnp.minimum(jnp.searchsorted(padded_end_E, block_start_N, side="right"),
                          num_experts - 1).astype(jnp.int32)
-  expert_M = jnp.repeat(expert_N, rows)
-  offset_M = jnp.arange(num_rows, dtype=jnp.int32) - (padded_end_E - padded_E)[expert_M]
-  valid_M = offset_M < over_E[expert_M]
-  assignment_M = _take_rows(assignment_S, starts_E[expert_M] + cap + offset_M)
-  token_M = assignment_M // num_choices
-  weight_M = jnp.where(valid_M, _take_rows(weights_A, assignment_M), 0.0)
-  matmul = functools.partial(block_matmul, expert_N=expert_N, num_blocks=num_blocks,
-                             block_rows=rows)
-  experts = nnx.merge(experts_graphdef, expert_state)
-  y_MD = experts(_take_rows(x_TD, token_M), matmul)
-  return _combine(jnp.zeros(x_TD.shape, jnp.float32), token_M, weight_M, y_MD)
-
-
-def _switch_recomputing(index, branches, diff_args, int_args):
-  """``lax.switch`` whose backward recomputes the taken branch.
-
-  Differentiating a plain switch makes every branch emit the residuals of all branches (the
-  untaken ones zero-filled), which costs the largest branch's buffers on every call. Here the
-  residuals are the inputs only; the backward pass re-runs the forward of the taken branch.
-  """
-
-  @jax.custom_vjp
-  def run(diff_args, int_args):
-    return jax.lax.switch(index, [lambda d, i, b=b: b(*d, *i) for b in branches],
-                          diff_args, int_args)
-
-  def run_fwd(diff_args, int_args):
-    return run(diff_args, int_args), (diff_args, int_args)
-
-  def run_bwd(residuals, cotangent):
-    diff_args, int_args = residuals
-
-    def branch_vjp(diff_args, int_args, cotangent, branch):
-      _, vjp = jax.vjp(lambda *d: branch(*d, *int_args), *diff_args)
-      return vjp(cotangent)
-
-    grads = jax.lax.switch(index, [functools.partial(branch_vjp, branch=b) for b in branches],
-                           diff_args, int_args, cotangent)
-    return tuple(grads), jax.tree.map(lambda _: None, int_args)
-
-  run.defvjp(run_fwd, run_bwd)
-  return run(diff_args, int_args)
+  expert_M = jnp.repeat(expert_N, block_rows)
+  offset_M = jnp.arange(max_rows, dtype=jnp.int32) - (padded_end_E - padded_E)[expert_M]
+  valid_M = offset_M < rows_E[expert_M]
+  sorted_position_M = plan.starts_E[expert_M] + cap + first_E[expert_M] + offset_M
+  assignment_M = _take_rows(plan.assignment_S, sorted_position_M)
+  return (assignment_M // plan.num_choices, assignment_M, valid_M, expert_N,
+          padded_end_E[-1] // block_rows)
 
 
 def _overflow_pass(x_TD, routing: Routing, experts: ExpertFn, plan, cap: int,
                    block_rows: Optional[int]):
-  """Exact pass over the choices beyond the first ``cap`` rows of each expert, in blocks of one
-  expert; only used blocks are computed, in the smallest buffer size that holds them, and the
-  pass is skipped when nothing overflows."""
-  num_tokens, num_choices = routing.expert_ids_TK.shape
-  classes = overflow_classes(num_tokens * num_choices, cap, routing.num_experts, block_rows)
-  if not classes:
+  """Exact pass over the choices beyond the first ``cap`` of each expert (blocks.py).
+
+  Each expert's overflow runs as whole blocks of 8R rows, then its remainder in blocks of R
+  (default 16): large blocks keep the matmuls efficient, small ones keep the padding (at most
+  R - 1 rows per expert) small when many experts overflow by a little.
+  """
+  num_assign = routing.expert_ids_TK.size
+  num_experts = routing.num_experts
+  overflow_bound = num_assign - min(cap, num_assign)
+  if overflow_bound == 0:
     return jnp.zeros(x_TD.shape, jnp.float32)
+  small = block_rows or 16
+  large = 8 * small
   over_E = jnp.maximum(plan.sizes_E - cap, 0)
-  fits = jnp.stack([jnp.sum(-(-over_E // rows) * rows) <= size for size, rows in classes])
-  index = jnp.where(jnp.sum(over_E) == 0, 0, 1 + jnp.argmax(fits))
+  bulk_E = over_E // large * large
   graphdef, expert_state = nnx.split(experts)
-
-  def skip(x_TD, *unused):
-    del unused
-    return jnp.zeros(x_TD.shape, jnp.float32)
-
-  branches = [skip] + [
-      functools.partial(_overflow_blocks, experts_graphdef=graphdef, cap=cap,
-                        num_choices=num_choices, num_rows=size, rows=rows)
-      for size, rows in classes]
-  return _switch_recomputing(index, branches,
-                             (x_TD, routing.weights_TK.reshape(-1), expert_state),
-                             (plan.assignment_S, plan.starts_E, over_E))
+  segments = (
+      (bulk_E, jnp.zeros_like(bulk_E), large, overflow_bound // large * large),
+      (over_E - bulk_E, bulk_E, small,
+       min(num_experts * large, -(-(overflow_bound + num_experts * (small - 1)) // small) * small)),
+  )
+  y_TD = jnp.zeros(x_TD.shape, jnp.float32)
+  for rows_E, first_E, rows, max_rows in segments:
+    if max_rows == 0:
+      continue
+    tables = _segment_blocks(rows_E, first_E, plan, cap, rows, max_rows)
+    y_TD = y_TD + block_pass(graphdef, rows, x_TD, routing.weights_TK.reshape(-1),
+                             expert_state, *tables)
+  return y_TD
 
 
 def sorted_dispatch(x_TD, routing: Routing, experts: ExpertFn, *,
@@ -239,7 +183,7 @@ def sorted_dispatch(x_TD, routing: Routing, experts: ExpertFn, *,
                           0.0)
     y_ECD = experts(_take_rows(x_TD, token_EC), batched_matmul)
     y_TD = _combine(y_TD, token_EC, weight_EC, y_ECD)
-  if dropless:
+  if dropless and (routing.max_load is None or cap < routing.max_load):
     y_TD = y_TD + _overflow_pass(x_TD, routing, experts, plan, cap, block_rows)
     dropped = jnp.zeros((), jnp.float32)
   else:

@@ -2,8 +2,8 @@
 
 An expert FFN is written once against a *grouped matmul* ``matmul(x, w_EIO) -> y`` that the
 dispatch strategy supplies; the strategy decides which rows meet which expert's weights:
-  batched_matmul  x_ECI: group e is expert e (einsum dispatch, the padded fast path of sorted);
-  gmm.block_matmul rows in blocks of one expert each (the exact overflow path of sorted);
+  batched_matmul      x_ECI: group e is expert e (einsum dispatch, the batched pass of sorted);
+  one expert's slice  a block of rows times w_1IO[0] (blocks.py: the overflow pass of sorted);
   jax.lax.ragged_dot  rows sorted by expert with group sizes (ragged_dot, Pallas kernels).
 Elementwise activations act row by row, so every grouping computes the same function.
 

@@ -40,10 +40,12 @@ class SortedAssignments:
   assignment_S: [A] int32, assignment index a = t*K + k of each sorted position.
   sizes_E: [E] int32, active assignments per expert.
   starts_E: [E] int32, first sorted position of each expert.
+  num_choices: K (static), so that token = a // K.
   """
   assignment_S: jax.Array
   sizes_E: jax.Array
   starts_E: jax.Array
+  num_choices: int = flax.struct.field(pytree_node=False, default=1)
 
 
 def token_priority_order(routing: Routing, batch_prioritized: bool) -> jax.Array:
@@ -68,7 +70,7 @@ def sort_assignments(routing: Routing, batch_prioritized: bool = False) -> Sorte
   sizes_E = jnp.bincount(key_TK.reshape(-1), length=num_experts + 1)[:num_experts]
   sizes_E = sizes_E.astype(jnp.int32)
   return SortedAssignments(assignment_S=assignment_S, sizes_E=sizes_E,
-                           starts_E=jnp.cumsum(sizes_E) - sizes_E)
+                           starts_E=jnp.cumsum(sizes_E) - sizes_E, num_choices=num_choices)
 
 
 def assignment_ranks(routing: Routing, plan: SortedAssignments) -> jax.Array:

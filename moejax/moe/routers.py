@@ -45,12 +45,15 @@ class Routing:
     router token with no active expert), for the balance losses.
   logits_TE: float32 raw router logits, for the z-loss.
   active_TK: bool, whether the choice is used; ``None`` means every choice is.
+  max_load: static guarantee that no expert gets more active choices (expert choice: C), which
+    lets dispatch size its buffers exactly; ``None``: no guarantee.
   """
   expert_ids_TK: jax.Array
   weights_TK: jax.Array
   probs_TE: jax.Array
   logits_TE: jax.Array
   active_TK: Optional[jax.Array] = None
+  max_load: Optional[int] = flax.struct.field(pytree_node=False, default=None)
 
   @property
   def num_experts(self) -> int:
@@ -172,7 +175,7 @@ def expert_choice(logits_TE, capacity: int) -> Routing:
   active_TE = jnp.zeros((num_tokens, num_experts), bool).at[token_EC, expert_EC].set(True)
   expert_ids_TE = jnp.broadcast_to(jnp.arange(num_experts, dtype=jnp.int32), active_TE.shape)
   return Routing(expert_ids_TK=expert_ids_TE, weights_TK=jnp.where(active_TE, probs_TE, 0.0),
-                 probs_TE=probs_TE, logits_TE=logits_TE, active_TK=active_TE)
+                 probs_TE=probs_TE, logits_TE=logits_TE, active_TK=active_TE, max_load=capacity)
 
 
 def sinkhorn(logits_TE, iterations: int):

@@ -1,0 +1,250 @@
+"""Routers, balancing, schedules, losses and metrics, and the MoE layer's training-time state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from moejax.moe import losses
+from moejax.moe import routers as R
+from moejax.moe.layer import MoELayer, MoEStep, is_moe_layer, set_moe_step
+from tests.test_moe import build, fast_jit
+
+T, E = 64, 8
+
+
+def logits(seed=0, tokens=T, experts=E, scale=1.0):
+  return scale * jax.random.normal(jax.random.key(seed), (tokens, experts))
+
+
+def test_softmax_top_k_picks_largest_and_renormalises():
+  logits_TE = jnp.array([[0.0, 3.0, 1.0, 2.0]])
+  routing = R.softmax_top_k(logits_TE, 2, renormalize=True)
+  assert routing.expert_ids_TK.tolist() == [[1, 3]]
+  np.testing.assert_allclose(routing.weights_TK.sum(), 1.0, rtol=1e-6)
+  raw = R.softmax_top_k(logits_TE, 2, renormalize=False)
+  np.testing.assert_allclose(raw.weights_TK, jax.nn.softmax(logits_TE)[0, jnp.array([1, 3])][None])
+  # A balancing bias changes which experts are chosen, never the weights they get.
+  biased = R.softmax_top_k(logits_TE, 2, renormalize=False, bias_E=jnp.array([1.0, 0, 0, 0]))
+  assert biased.expert_ids_TK.tolist() == [[0, 1]]
+  np.testing.assert_allclose(biased.weights_TK, jax.nn.softmax(logits_TE)[0, jnp.array([0, 1])][None])
+
+
+def test_sigmoid_top_k_weights_are_renormalised_affinities():
+  logits_TE = logits(1)
+  routing = R.sigmoid_top_k(logits_TE, 2)
+  scores_TK = jnp.take_along_axis(jax.nn.sigmoid(logits_TE), routing.expert_ids_TK, axis=-1)
+  np.testing.assert_allclose(routing.weights_TK, scores_TK / scores_TK.sum(-1, keepdims=True),
+                             rtol=1e-6)
+  np.testing.assert_allclose(routing.probs_TE.sum(-1), 1.0, rtol=1e-6)
+  assert (jax.lax.top_k(jax.nn.sigmoid(logits_TE), 2)[1] == routing.expert_ids_TK).all()
+
+
+def test_noisy_top_k_noise_and_vmoe_losses():
+  logits_TE = logits(2)
+
+  def route_fn(logits_TE, key, noise_std):
+    routing, aux = R.noisy_top_k(logits_TE, 2, key, noise_std)
+    return routing, aux["load_loss"], losses.importance_loss(routing)
+
+  route = fast_jit(route_fn)
+
+  clean, load_loss, importance = route(logits_TE, None, None)
+  reference = R.softmax_top_k(logits_TE, 2, renormalize=False)
+  np.testing.assert_array_equal(clean.expert_ids_TK, reference.expert_ids_TK)
+  np.testing.assert_allclose(clean.weights_TK, reference.weights_TK, rtol=1e-6)
+  assert float(load_loss) > 0 and float(importance) > 0
+  noisy = route(logits_TE, jax.random.key(0), 10.0)[0]
+  assert not np.array_equal(noisy.expert_ids_TK, clean.expert_ids_TK)
+  _, uniform_load, uniform_importance = route(jnp.zeros((T, E)), None, None)
+  np.testing.assert_allclose(uniform_load, 0.0, atol=1e-10)  # identical experts: balanced
+  np.testing.assert_allclose(uniform_importance, 0.0, atol=1e-10)
+  # The load loss is differentiable in the clean logits.
+  grad = fast_jit(jax.grad(lambda l: route_fn(l, jax.random.key(1), None)[1]))(logits_TE)
+  assert np.isfinite(grad).all() and np.abs(grad).sum() > 0
+
+
+def test_expert_choice_gives_each_expert_its_top_capacity_tokens():
+  logits_TE = logits(3)
+  routing = R.expert_choice(logits_TE, capacity=10)
+  probs_TE = jax.nn.softmax(logits_TE)
+  assert routing.max_load == 10 and routing.expert_ids_TK.shape == (T, E)
+  np.testing.assert_array_equal(routing.active().sum(0), 10)
+  for e in range(E):
+    chosen = np.flatnonzero(routing.active()[:, e])
+    np.testing.assert_array_equal(np.sort(chosen), np.sort(np.argsort(-probs_TE[:, e])[:10]))
+  np.testing.assert_allclose(routing.weights_TK, np.where(routing.active(), probs_TE, 0.0))
+
+
+def test_sinkhorn_marginals_and_balance():
+  skewed_TE = logits(4, scale=2.0) + jnp.linspace(3.0, 0.0, E)
+  plan_TE = R.sinkhorn(skewed_TE, iterations=100)
+  np.testing.assert_allclose(plan_TE.sum(1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(plan_TE.sum(0), T / E, rtol=1e-3)
+  balanced = R.sinkhorn_top_k(skewed_TE, 1, iterations=100)
+  plain = R.softmax_top_k(skewed_TE, 1)
+  assert losses.routing_metrics(balanced)["max_load"] < 0.5 * losses.routing_metrics(plain)[
+      "max_load"]
+  np.testing.assert_allclose(balanced.weights_TK, 1.0, rtol=1e-6)  # renormalised top-1
+
+
+def test_relu_router_uses_a_variable_number_of_experts():
+  scale = build(lambda: R.ReLURouterScale(E, rngs=nnx.Rngs(0)))
+  logits_TE = logits(5)
+  routing, aux = R.relu_routing(logits_TE, scale)
+  scores_TE = jax.nn.relu(logits_TE)
+  scores_TE = scores_TE / jnp.sqrt(jnp.mean(scores_TE ** 2, -1, keepdims=True) + 1e-6)
+  np.testing.assert_array_equal(routing.active(), logits_TE > 0)
+  np.testing.assert_allclose(routing.weights_TK, scores_TE, rtol=1e-5, atol=1e-6)
+  counts_T = routing.active().sum(-1)
+  assert counts_T.min() < counts_T.max()  # variable number of experts per token
+  np.testing.assert_allclose(aux["router_sparsity_loss"], scores_TE.sum(-1).mean(), rtol=1e-5)
+  capped, _ = R.relu_routing(logits_TE, scale, max_experts=2)
+  assert capped.expert_ids_TK.shape == (T, 2) and int(capped.active().sum(-1).max()) <= 2
+
+
+def test_top_k_schedule_and_masking():
+  steps = [0, 10, 49, 50, 99, 100, 1000]
+  expected = [8, 8, 6, 5, 3, 2, 2]  # linear from 8 to 2 over 100 steps, whole ks
+  assert [R.top_k_at(s, 2, 8, 100) for s in steps] == expected
+  traced = fast_jit(lambda s: R.top_k_at(s, 2, 8, 100))
+  assert [int(traced(s)) for s in steps] == expected
+  assert R.top_k_at(5, 2, 2, 100) == 2 and R.top_k_at(5, 2, 8, 0) == 2
+  routing = R.softmax_top_k(logits(6), 4)
+  kept = R.keep_first_choices(routing, 2, renormalize=True)
+  np.testing.assert_array_equal(kept.active(), np.broadcast_to(np.arange(4) < 2, (T, 4)))
+  np.testing.assert_allclose(kept.weights_TK[:, :2].sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(kept.weights_TK[:, 2:], 0.0)
+
+
+def test_aux_free_bias_reduces_imbalance_on_a_skewed_stream():
+  skew_E = jnp.linspace(2.0, -2.0, E)
+
+  def step(bias_E, key):
+    routing = R.sigmoid_top_k(jax.random.normal(key, (256, E)) + skew_E, 2, bias_E=bias_E)
+    load_E = losses.expert_load(routing)
+    return losses.aux_free_bias_update(bias_E, load_E, rate=0.02), jnp.max(load_E) / jnp.mean(
+        load_E)
+
+  _, max_load = jax.lax.scan(step, jnp.zeros(E), jax.random.split(jax.random.key(0), 300))
+  assert float(max_load[0]) > 2.5  # the first steps are badly skewed ...
+  assert float(jnp.mean(max_load[-50:])) < 1.3  # ... the bias balances them
+
+
+@fast_jit
+def _losses_and_metrics(ids_TK, probs_TE):
+  routing = R.Routing(expert_ids_TK=ids_TK, weights_TK=jnp.full(ids_TK.shape, 0.5),
+                      probs_TE=probs_TE, logits_TE=jnp.zeros(probs_TE.shape))
+  return {"balance": losses.load_balance_loss(routing),
+          "balance_per_sequence": losses.load_balance_loss(routing, group_size=4),
+          "z": losses.router_z_loss(routing),
+          **losses.routing_metrics(routing, seq_len=4, chunk_size=2, detailed=True)}
+
+
+def test_balance_losses_and_metrics():
+  ids = jnp.asarray(np.stack([np.arange(8) % 4, (np.arange(8) + 1) % 4], 1), jnp.int32)
+  uniform = _losses_and_metrics(ids, jnp.full((8, 4), 0.25))
+  np.testing.assert_allclose(uniform["balance"], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(uniform["balance_per_sequence"], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(uniform["z"], np.log(4.0) ** 2, rtol=1e-6)
+  skewed = _losses_and_metrics(jnp.zeros_like(ids), jnp.tile(jnp.array([[0.7, 0.1, 0.1, 0.1]]),
+                                                             (8, 1)))
+  assert float(skewed["balance"]) > 2.0
+  # Sequence 0 uses experts {0, 1} in every token, sequence 1 uses {2, 3} then {0, 1}.
+  chunked = jnp.array([[0, 1]] * 4 + [[2, 3]] * 2 + [[0, 1]] * 2, jnp.int32)
+  metrics = _losses_and_metrics(chunked, jnp.full((8, 4), 0.25))
+  np.testing.assert_allclose(metrics["token_sparsity"], 0.5)
+  np.testing.assert_allclose(metrics["chunk_sparsity"], 1 - (2 + 2 + 2 + 2) / 16)
+  np.testing.assert_allclose(metrics["active_experts"], 2.0)
+  np.testing.assert_allclose(metrics["max_load"], 6 / 4)
+  np.testing.assert_allclose(metrics["min_load"], 2 / 4)
+
+
+@pytest.mark.parametrize("router,options", [
+    ("sigmoid_top_k", {"bias_update_rate": 1e-2}), ("noisy_top_k", {}),
+    ("expert_choice", {"capacity_factor": 1.5}), ("sinkhorn_top_k", {}), ("relu", {}),
+    ("softmax_top_k", {"top_k_schedule": (4, 10), "detailed_metrics": True,
+                       "expert_type": "gelu"}),
+])
+def test_moe_layer_runs_every_router(router, options):
+  layer = build(lambda: MoELayer(16, E, 2, 32, router=router, rngs=nnx.Rngs(0), **options))
+  graphdef, state = nnx.split(layer)
+
+  @fast_jit
+  def forward(state, x_BSD):
+    model = nnx.merge(graphdef, state, copy=True)
+    y_BSD, aux = model(x_BSD)
+    return y_BSD, aux, nnx.state(model)
+
+  y_BSD, aux, new_state = forward(state, jax.random.normal(jax.random.key(1), (2, 16, 16)))
+  assert y_BSD.shape == (2, 16, 16) and np.isfinite(y_BSD).all()
+  assert all(np.isfinite(v) and v.shape == () for v in aux.values())
+  assert {"load_balance_loss", "router_z_loss", "max_load", "dropped_fraction"} <= set(aux)
+  extra = {"noisy_top_k": {"load_loss", "importance_loss"}, "relu": {"router_sparsity_loss"}}
+  assert extra.get(router, set()) <= set(aux)
+  if "bias_update_rate" in options:  # the forward pass moved the aux-free bias
+    assert np.abs(new_state["router_bias"][...]).sum() > 0
+  if "top_k_schedule" in options:
+    assert float(aux["top_k"]) == 4.0 and "chunk_sparsity" in aux
+
+
+def test_noise_follows_the_step_and_eval_is_deterministic():
+  layer = build(lambda: MoELayer(16, E, 2, 32, router="noisy_top_k", noise_std=1.0,
+                                 rngs=nnx.Rngs(0)))
+  x_TD = jax.random.normal(jax.random.key(2), (64, 16))
+  route = fast_jit(lambda graphdef, state: nnx.merge(graphdef, state).route(x_TD)[0].expert_ids_TK,
+                   static_argnums=0)
+
+  def experts_at(step):
+    graphdef, state = nnx.split(layer)
+    return route(graphdef, set_moe_step(state, step))
+
+  assert np.array_equal(experts_at(3), experts_at(3))
+  assert not np.array_equal(experts_at(3), experts_at(4))
+  layer.eval()
+  np.testing.assert_array_equal(experts_at(3), experts_at(4))
+
+
+def test_lm_train_step_pattern_keeps_bias_and_schedule_state(smoke_config):
+  """The wiring the train step needs: set the step, merge with copy=True, keep the state."""
+  from moejax.models.lm import MoELM  # pylint: disable=import-outside-toplevel
+  cfg = smoke_config.model.copy_and_resolve_references()
+  cfg.update(router="sigmoid_top_k", router_bias_update_rate=0.01, initial_top_k=3,
+             top_k_decay_steps=10, dispatch="einsum")  # smoke: E=4, k=2
+  graphdef, params, model_state = nnx.split(build(lambda: MoELM(cfg, rngs=nnx.Rngs(0))),
+                                            nnx.Param, ...)
+  assert jax.tree.leaves(model_state)  # the bias and the step are non-Param state
+  ids = jnp.asarray(np.random.default_rng(0).integers(1, cfg.vocab_size, (2, 16)), jnp.int32)
+
+  @fast_jit
+  def train_step(params, model_state, step):
+    model_state = set_moe_step(model_state, step)
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, model_state, copy=True)
+      logits, aux = model(ids)
+      return jnp.mean(logits ** 2) + aux["load_balance_loss"], (aux, nnx.state(model,
+                                                                               nnx.Not(nnx.Param)))
+
+    (_, (aux, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return aux, new_state, grads
+
+  aux, new_state, grads = train_step(params, model_state, 0)
+  assert float(aux["top_k"]) == 3.0 and np.isfinite(jax.tree.leaves(grads)[0]).all()
+  biases = [v for path, v in jax.tree.leaves_with_path(new_state)
+            if "router_bias" in jax.tree_util.keystr(path)]
+  assert biases and np.abs(np.asarray(biases[0])).sum() > 0
+  aux, _, _ = train_step(params, new_state, 10)
+  assert float(aux["top_k"]) == 2.0
+  steps = [v for v in jax.tree.leaves(set_moe_step(new_state, 7), is_leaf=lambda v: isinstance(
+      v, MoEStep)) if isinstance(v, MoEStep)]
+  assert steps and all((np.asarray(v[...]) == 7).all() for v in steps)
+
+
+def test_is_moe_layer_patterns():
+  assert [is_moe_layer(i, 6) for i in range(6)] == [True] * 6
+  assert [is_moe_layer(i, 6, every=2) for i in range(6)] == [False, True] * 3
+  assert [is_moe_layer(i, 6, every=2, last_n=3) for i in range(6)] == [False] * 3 + [
+      True, False, True]
+  assert not any(is_moe_layer(i, 6, every=0) for i in range(6))
