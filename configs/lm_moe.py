@@ -108,8 +108,9 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     cfg.model.update(vocab_size=512, d_model=128, num_layers=4, head_dim=32, num_experts=8,
                      top_k=2)
     cfg.data.update(batch_size=32, seq_len=128)
-    cfg.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=30)
-    cfg.train.update(steps=300, log_every=10, checkpoint_every=100, eval_batches=8)
+    cfg.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=20)
+    cfg.train.update(steps=200, log_every=10, checkpoint_every=100, eval_batches=8)
+    cfg.eval.max_items = 128
   elif preset == "paper":
     # Trained on a pod from a real corpus: name its seqio task, e.g. --config.data.task=c4_lm.
     cfg.data.update(source="seqio", task="")
