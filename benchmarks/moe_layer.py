@@ -5,16 +5,19 @@
 For each grid point (tokens T, d_model D, experts E, top-k K, routing) it times forward+backward
 (gradients for the tokens, the combine weights and every expert weight) of the routed SwiGLU
 experts (hidden F = ff_mult * D) and of a dense SwiGLU FFN with hidden K*F on the same tokens,
-side by side in one process: every repeat runs the dense FFN and every MoE variant of the same
-(T, D, K) once, and ratios use medians. The router itself (a D x E matmul and a top-k) is not
-timed: it is the same for every strategy and absent from the dense reference.
+side by side in one process: each round runs the dense FFN and then every MoE variant of the
+same (T, D, K) once, after one untimed (compiling) call each; ratios use medians over rounds.
+The router itself (a D x E matmul and a top-k) is not timed: it is the same for every strategy
+and absent from the dense reference.
 
-Routings: ``balanced`` (every expert gets exactly T*K/E choices), ``random`` (uniform random
-experts: multinomial load noise) and ``skewed`` (Zipf popularity p_e ~ 1/(e+1): the first
-expert gets 3x (E=8) to 13x (E=64) the mean load). ``einsum`` runs with capacity factor 1.25
-(it drops tokens; dropless it needs O(T^2) memory) and is skipped where its [T, E, C] tensors
-exceed ``--einsum_max_elements``; ``ragged_dot``, which on CPU computes every expert densely
-(E/K times the work), is skipped where it would take over ``--max_baseline_s``.
+Routings: ``balanced`` (every expert gets exactly T*K/E choices), ``skewed`` (Zipf popularity
+p_e ~ 1/(e+1), sampled without replacement: the first expert gets about 3x (E=8) to 13x (E=64)
+the mean load) and, on request, ``random`` (uniform: multinomial load noise). The baselines run
+on ``--baseline_routings``: ``einsum`` with capacity factor 1.25 (it drops tokens; dropless it
+needs O(T^2) memory), skipped where its [T, E, C] tensors exceed ``--einsum_max_elements``;
+``ragged_dot``, which on CPU computes every expert over all rows (about E times the dense
+work). A baseline expected to take longer than ``--max_baseline_s`` per call is skipped, and a
+group runs fewer rounds when ``--max_group_s`` would be exceeded.
 
 Prints a table, then one JSON line {"results": [...], ...}. Not a test: timings depend on the
 machine and its load.
@@ -36,22 +39,28 @@ from moejax.moe.dispatch import dispatch
 from moejax.moe.experts import SwiGLUExperts
 from moejax.moe.routers import Routing
 
-_QUICK = flags.DEFINE_bool("quick", False, "Small grid (T=4096, D=256), under two minutes.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per variant (median).")
+_QUICK = flags.DEFINE_bool("quick", False,
+                           "T=4096, D=256, K in {1, 2}, balanced and skewed: under two minutes.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds per group (median).")
 _STRATEGIES = flags.DEFINE_list("strategies", ["sorted", "einsum", "ragged_dot"],
                                 "Dispatch strategies to time.")
 _TOKENS = flags.DEFINE_list("tokens", ["4096", "16384"], "Token counts (full grid).")
 _D_MODEL = flags.DEFINE_list("d_model", ["256", "1024"], "Model widths (full grid).")
 _EXPERTS = flags.DEFINE_list("experts", ["8", "64"], "Expert counts.")
-_TOP_K = flags.DEFINE_list("top_k", ["1", "2", "8"], "Experts per token.")
-_ROUTINGS = flags.DEFINE_list("routings", ["balanced", "random", "skewed"], "Routings.")
+_TOP_K = flags.DEFINE_list("top_k", ["1", "2", "8"], "Experts per token (full grid).")
+_ROUTINGS = flags.DEFINE_list("routings", ["balanced", "skewed"],
+                              "Routings for the default strategy (also: random).")
+_BASELINE_ROUTINGS = flags.DEFINE_list("baseline_routings", ["balanced"],
+                                       "Routings for the einsum and ragged_dot baselines.")
 _FF_MULT = flags.DEFINE_integer("ff_mult", 2, "Expert hidden size F = ff_mult * d_model.")
 _EINSUM_MAX = flags.DEFINE_integer("einsum_max_elements", 2 ** 27,
                                    "Skip einsum where T*E*C exceeds this.")
-_MAX_BASELINE_S = flags.DEFINE_float("max_baseline_s", 15.0,
+_MAX_BASELINE_S = flags.DEFINE_float("max_baseline_s", 10.0,
                                      "Skip a baseline expected to take longer per call.")
+_MAX_GROUP_S = flags.DEFINE_float("max_group_s", 900.0,
+                                  "Time budget of one (T, D, K) group; fewer rounds beyond.")
 _EINSUM_CAPACITY = 1.25
-_SORTED_OPTIONS = flags.DEFINE_string("sorted_options", "{}", "JSON options for sorted (tuning).")
+DEFAULT_STRATEGY = "sorted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +72,9 @@ class Point:
   routing: str
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-  """Best-of f32 matmul throughput (GFLOP/s) on the default device."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+  """Best-of f32 matmul throughput (GFLOP/s) on the default device; measured at the start and
+  the end of a run, the larger counts (on a shared machine both can be low)."""
   a = jnp.ones((n, n), jnp.float32)
   matmul = jax.jit(lambda a: a @ a)
   matmul(a).block_until_ready()
@@ -99,7 +109,7 @@ def make_routing(point: Point) -> Routing:
 
 
 def dense_step(d_model: int, d_ff: int):
-  """jit(forward+backward) of a dense SwiGLU FFN; returns (fn, args)."""
+  """jit(forward+backward) of a dense SwiGLU FFN; returns (fn, args after the tokens)."""
   keys = jax.random.split(jax.random.key(2), 3)
   w = (jax.random.normal(keys[0], (d_model, d_ff)) * d_model ** -0.5,
        jax.random.normal(keys[1], (d_model, d_ff)) * d_model ** -0.5,
@@ -114,13 +124,10 @@ def dense_step(d_model: int, d_ff: int):
 
 
 def moe_step(point: Point, d_ff: int, strategy: str):
-  """jit(forward+backward) of dispatch + experts + combine; returns (fn, args)."""
+  """jit(forward+backward) of dispatch + experts + combine; returns (fn, args after tokens)."""
   experts = SwiGLUExperts(point.num_experts, point.d_model, d_ff, rngs=nnx.Rngs(0))
   graphdef, weights = nnx.split(experts)
-  routing = make_routing(point)
   options = {"capacity_factor": _EINSUM_CAPACITY} if strategy == "einsum" else {}
-  if strategy.startswith("sorted"):
-    options = json.loads(_SORTED_OPTIONS.value)
 
   def loss(x_TD, weights, routing):
     y_TD, _ = dispatch(strategy, x_TD, routing, nnx.merge(graphdef, weights), **options)
@@ -129,47 +136,62 @@ def moe_step(point: Point, d_ff: int, strategy: str):
   # The routing is an argument (not a closed-over constant XLA would fold) and is
   # differentiated too: its combine weights get gradients, its int32 ids float0 ones.
   grad_fn = jax.grad(loss, argnums=(0, 1, 2), allow_int=True)
-  return jax.jit(grad_fn), (weights, routing)
+  return jax.jit(grad_fn), (weights, make_routing(point))
 
 
 def skip_reason(point: Point, strategy: str, dense_s: float) -> str | None:
+  """Why a baseline is not run here (``dense_s``: the dense FFN's first-call time)."""
   if strategy == "einsum":
     cap = -(-int(point.tokens * point.top_k * _EINSUM_CAPACITY) // point.num_experts)
     if point.tokens * point.num_experts * cap > _EINSUM_MAX.value:
       return "T*E*C too large"
-  if strategy == "ragged_dot":
-    if dense_s * point.num_experts / point.top_k > _MAX_BASELINE_S.value:
-      return f"~{dense_s * point.num_experts / point.top_k:.0f}s per call"
+    # The one-hot dispatch and combine einsums cost about T*C*E*D per matmul of T*K*D*F.
+    estimate = dense_s * (1 + point.tokens * _EINSUM_CAPACITY / (3 * _FF_MULT.value
+                                                                 * point.d_model))
+  elif strategy == "ragged_dot":
+    estimate = dense_s * point.num_experts
+  else:
+    return None
+  if estimate > _MAX_BASELINE_S.value:
+    return f"expected ~{estimate:.0f}s per call"
   return None
 
 
-def time_group(tokens: int, d_model: int, top_k: int, points, strategies, repeats: int):
-  """Times the dense FFN and every (point, strategy) variant of one (T, D, K), interleaved."""
+def _run(fn, args, x_TD) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn(x_TD, *args))
+  return time.perf_counter() - start
+
+
+def time_group(tokens: int, d_model: int, top_k: int, variants_wanted, repeats: int):
+  """Times the dense FFN and every (point, strategy) of one (T, D, K) in interleaved rounds.
+
+  Returns (median seconds by variant, {variant: skip reason}, rounds run).
+  """
+  group_start = time.perf_counter()
   d_ff = _FF_MULT.value * d_model
   x_TD = jax.random.normal(jax.random.key(0), (tokens, d_model))
   variants = {"dense": dense_step(d_model, top_k * d_ff)}
-  fn, args = variants["dense"]
-  start = time.perf_counter()
-  jax.block_until_ready(fn(x_TD, *args))
-  dense_s = time.perf_counter() - start  # includes compilation: an upper bound
+  dense_first_s = _run(*variants["dense"], x_TD)  # includes compilation: an upper bound
   skipped = {}
-  for point in points:
-    for strategy in strategies:
-      reason = skip_reason(point, strategy, dense_s)
-      if reason:
-        skipped[(point, strategy)] = reason
-      else:
-        variants[(point, strategy)] = moe_step(point, d_ff, strategy)
-  for fn, args in variants.values():
-    jax.block_until_ready(fn(x_TD, *args))
+  for point, strategy in variants_wanted:
+    reason = skip_reason(point, strategy, dense_first_s)
+    if reason:
+      skipped[(point, strategy)] = reason
+    else:
+      variants[(point, strategy)] = moe_step(point, d_ff, strategy)
+      _run(*variants[(point, strategy)], x_TD)  # compile and warm up
   times = {name: [] for name in variants}
-  for _ in range(repeats):
+  rounds = 0
+  while rounds < repeats:
+    round_start = time.perf_counter()
     for name, (fn, args) in variants.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(x_TD, *args))
-      times[name].append(time.perf_counter() - start)
-  medians = {name: float(np.median(t)) for name, t in times.items()}
-  return medians, skipped
+      times[name].append(_run(fn, args, x_TD))
+    rounds += 1
+    elapsed = time.perf_counter() - group_start
+    if elapsed + (time.perf_counter() - round_start) > _MAX_GROUP_S.value:
+      break
+  return {name: float(np.median(t)) for name, t in times.items()}, skipped, rounds
 
 
 def active_flops(tokens: int, d_model: int, top_k: int) -> float:
@@ -181,41 +203,46 @@ def main(argv):
   del argv
   tokens = [4096] if _QUICK.value else [int(t) for t in _TOKENS.value]
   widths = [256] if _QUICK.value else [int(d) for d in _D_MODEL.value]
+  top_ks = [1, 2] if _QUICK.value else [int(k) for k in _TOP_K.value]
   experts = [int(e) for e in _EXPERTS.value]
-  routings = ["balanced", "skewed"] if _QUICK.value else list(_ROUTINGS.value)
-  strategies = list(_STRATEGIES.value)
   peak = matmul_peak_gflops()
   print(f"f32 matmul peak {peak:.1f} GFLOP/s; expert hidden F = {_FF_MULT.value} * d_model; "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
-  header = (f"{'T':>6} {'D':>5} {'E':>3} {'K':>2} {'routing':>9} {'strategy':>10} "
-            f"{'time_s':>8} {'dense_s':>8} {'ratio':>6} {'MFU':>6}")
-  print(header, flush=True)
+  print(f"{'T':>6} {'D':>5} {'E':>3} {'K':>2} {'routing':>9} {'strategy':>10} "
+        f"{'time_s':>8} {'dense_s':>8} {'ratio':>6} {'MFU':>6}", flush=True)
   results = []
   for t in tokens:
     for d in widths:
-      for k in [int(k) for k in _TOP_K.value]:
-        points = [Point(t, d, e, k, r) for e in experts if k <= e for r in routings]
-        medians, skipped = time_group(t, d, k, points, strategies, _REPEATS.value)
+      for k in top_ks:
+        wanted = [(Point(t, d, e, k, r), s) for e in experts if k <= e
+                  for s in _STRATEGIES.value
+                  for r in (_ROUTINGS.value if s == DEFAULT_STRATEGY
+                            else _BASELINE_ROUTINGS.value)]
+        medians, skipped, rounds = time_group(t, d, k, wanted, _REPEATS.value)
         dense_s = medians["dense"]
         flops = active_flops(t, d, k)
-        for point in points:
-          for strategy in strategies:
-            prefix = (f"{t:>6} {d:>5} {point.num_experts:>3} {k:>2} {point.routing:>9} "
-                      f"{strategy:>10}")
-            if (point, strategy) in skipped:
-              print(f"{prefix} skipped: {skipped[(point, strategy)]}", flush=True)
-              continue
-            seconds = medians[(point, strategy)]
-            mfu = flops / seconds / 1e9 / peak
-            print(f"{prefix} {seconds:8.3f} {dense_s:8.3f} {seconds / dense_s:6.2f} "
-                  f"{mfu:6.1%}", flush=True)
-            results.append({**dataclasses.asdict(point), "strategy": strategy,
-                            "ratio_vs_dense": round(seconds / dense_s, 3),
-                            "seconds": round(seconds, 4), "dense_seconds": round(dense_s, 4),
-                            "mfu": round(mfu, 3)})
-        print(f"{'':>34} dense MFU {flops / dense_s / 1e9 / peak:.1%}", flush=True)
+        for point, strategy in wanted:
+          prefix = (f"{t:>6} {d:>5} {point.num_experts:>3} {k:>2} {point.routing:>9} "
+                    f"{strategy:>10}")
+          if (point, strategy) in skipped:
+            print(f"{prefix}  skipped: {skipped[(point, strategy)]}", flush=True)
+            continue
+          seconds = medians[(point, strategy)]
+          mfu = flops / seconds / 1e9 / peak
+          print(f"{prefix} {seconds:8.3f} {dense_s:8.3f} {seconds / dense_s:6.2f} {mfu:6.1%}",
+                flush=True)
+          results.append({**dataclasses.asdict(point), "strategy": strategy,
+                          "ratio_vs_dense": round(seconds / dense_s, 3),
+                          "seconds": round(seconds, 4), "dense_seconds": round(dense_s, 4),
+                          "mfu": round(mfu, 3), "rounds": rounds})
+        print(f"{'':>36} dense MFU {flops / dense_s / 1e9 / peak:.1%}, {rounds} round(s)",
+              flush=True)
+  final_peak = max(peak, matmul_peak_gflops())
+  if final_peak > peak * 1.05:
+    print(f"matmul peak re-measured at the end: {final_peak:.1f} GFLOP/s; MFU above used "
+          f"{peak:.1f}", flush=True)
   print(json.dumps({"results": results, "matmul_peak_gflops": round(peak, 1),
-                    "ff_mult": _FF_MULT.value, "repeats": _REPEATS.value}))
+                    "matmul_peak_gflops_end": round(final_peak, 1), "ff_mult": _FF_MULT.value}))
 
 
 if __name__ == "__main__":

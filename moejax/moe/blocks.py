@@ -1,27 +1,43 @@
-"""Exact expert computation over blocks of rows, one expert per block, in a loop whose trip count
-is the number of *used* blocks: the cost follows the actual load, not the static worst case.
+"""Expert computation for the ``sorted`` dispatch: a batched pass over the first C rows of every
+expert, plus exact passes over the overflow rows in blocks of one expert each.
 
-The ``sorted`` dispatch runs its overflow rows (those beyond an expert's batched capacity) here.
-Each loop step gathers the R tokens of one block, runs the whole expert FFN on them with that
-expert's weight slice, and scatter-adds the weighted output into the tokens, so no buffer grows
-with the worst case: only the int32 block tables have static (worst-case) size.
+The block passes loop over *used* blocks only (a traced trip count), so their cost follows the
+actual overflow, not the static worst case: each step gathers the R tokens of one block, runs
+the whole expert FFN on them with that expert's weight slice, and scatter-adds the weighted
+output into the tokens. No buffer grows with the worst case; only the int32 block tables do.
 
-Reverse-mode autodiff cannot differentiate a loop with a traced trip count, so the pass has a
-custom VJP: a second loop re-runs each block's forward under ``jax.vjp`` and accumulates the
-gradients of the tokens, of the combine weights and of the expert's weight slice in place.
+Reverse-mode autodiff cannot differentiate a loop with a traced trip count, so the whole expert
+computation has one custom VJP: the backward pass takes the batched pass's gradients from
+``jax.vjp``, then a loop re-runs each used block's forward under ``jax.vjp`` and accumulates
+the gradients of the tokens, of the combine weights and of the expert weight slice in place,
+into the same weight-gradient buffer (an untouched overflow path costs no [E, D, F] buffers).
 
-Axes: T tokens, D d_model, A assignments, M block rows (a multiple of R), N blocks of R rows,
-E experts.
+Axes: T tokens, D d_model, A assignments, E experts, C rows per expert in the batched pass,
+M block rows (a multiple of R), N blocks of R rows.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
+
+from moejax.moe.experts import batched_matmul
+
+
+class BlockTables(NamedTuple):
+  """One block pass: row m reads token ``token_M[m]`` for assignment ``assignment_M[m]``
+  (padding where ``valid_M`` is False); block n uses expert ``expert_N[n]``; blocks at or past
+  ``num_blocks`` are unused."""
+  token_M: jax.Array
+  assignment_M: jax.Array
+  valid_M: jax.Array
+  expert_N: jax.Array
+  num_blocks: jax.Array
 
 
 def _single_expert_matmul(x_RI, w_1IO):
@@ -33,10 +49,15 @@ def _expert_slice(expert_state, expert):
   return jax.tree.map(lambda w: lax.dynamic_index_in_dim(w, expert, keepdims=True), expert_state)
 
 
-def _block_inputs(n, block_rows: int, token_M, assignment_M, valid_M):
+def _block_rows(n, block_rows: int, tables: BlockTables, x_TD, weights_A):
+  """Token ids, assignment ids, validity, inputs and combine weights of block n's rows."""
   rows = functools.partial(lax.dynamic_slice_in_dim, start_index=n * block_rows,
                            slice_size=block_rows)
-  return rows(token_M), rows(assignment_M), rows(valid_M)
+  token_R, assignment_R, valid_R = rows(tables.token_M), rows(tables.assignment_M), rows(
+      tables.valid_M)
+  weight_R = jnp.where(valid_R, jnp.take(weights_A, assignment_R, mode="clip"), 0.0)
+  x_RD = jnp.take(x_TD, token_R, axis=0, mode="clip")
+  return token_R, assignment_R, valid_R, x_RD, weight_R
 
 
 def _block_output(graphdef, x_RD, slice_state, weight_R):
@@ -45,43 +66,28 @@ def _block_output(graphdef, x_RD, slice_state, weight_R):
   return y_RD.astype(jnp.float32) * weight_R[:, None]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def block_pass(graphdef, block_rows: int, x_TD, weights_A, expert_state, token_M, assignment_M,
-               valid_M, expert_N, num_blocks):
-  """sum over used rows m of weights_A[assignment_M[m]] * expert_{e(m)}(x_TD[token_M[m]]),
-  scattered into the tokens ([T, D] float32).
+def _blocks_forward(graphdef, block_rows: int, tables: BlockTables, x_TD, weights_A,
+                    expert_state, y_TD):
+  """y_TD += sum over used rows of weight * expert(x), one block per loop step."""
 
-  Rows come in blocks of ``block_rows``; block n uses expert ``expert_N[n]`` and only blocks
-  n < ``num_blocks`` are computed. Rows with ``valid_M`` False are padding (weight 0).
-  ``graphdef``/``expert_state`` are the ``nnx.split`` of the experts module.
-  """
   def body(n, y_TD):
-    token_R, assignment_R, valid_R = _block_inputs(n, block_rows, token_M, assignment_M, valid_M)
-    weight_R = jnp.where(valid_R, jnp.take(weights_A, assignment_R, mode="clip"), 0.0)
-    x_RD = jnp.take(x_TD, token_R, axis=0, mode="clip")
-    out_RD = _block_output(graphdef, x_RD, _expert_slice(expert_state, expert_N[n]), weight_R)
+    token_R, _, _, x_RD, weight_R = _block_rows(n, block_rows, tables, x_TD, weights_A)
+    expert = tables.expert_N[n]
+    out_RD = _block_output(graphdef, x_RD, _expert_slice(expert_state, expert), weight_R)
     return y_TD.at[token_R].add(out_RD, mode="promise_in_bounds")
 
-  return lax.fori_loop(0, num_blocks, body, jnp.zeros(x_TD.shape, jnp.float32))
+  return lax.fori_loop(0, tables.num_blocks, body, y_TD)
 
 
-def _block_pass_fwd(graphdef, block_rows, x_TD, weights_A, expert_state, token_M, assignment_M,
-                    valid_M, expert_N, num_blocks):
-  y_TD = block_pass(graphdef, block_rows, x_TD, weights_A, expert_state, token_M, assignment_M,
-                    valid_M, expert_N, num_blocks)
-  return y_TD, (x_TD, weights_A, expert_state, token_M, assignment_M, valid_M, expert_N,
-                num_blocks)
-
-
-def _block_pass_bwd(graphdef, block_rows, residuals, dy_TD):
-  x_TD, weights_A, expert_state, token_M, assignment_M, valid_M, expert_N, num_blocks = residuals
+def _blocks_backward(graphdef, block_rows: int, tables: BlockTables, x_TD, weights_A,
+                     expert_state, dy_TD, grads):
+  """Accumulates the gradients of the block pass into ``grads`` = (dx_TD, dweights_A, dstate)."""
 
   def body(n, grads):
     dx_TD, dweights_A, dstate = grads
-    token_R, assignment_R, valid_R = _block_inputs(n, block_rows, token_M, assignment_M, valid_M)
-    weight_R = jnp.where(valid_R, jnp.take(weights_A, assignment_R, mode="clip"), 0.0)
-    x_RD = jnp.take(x_TD, token_R, axis=0, mode="clip")
-    expert = expert_N[n]
+    token_R, assignment_R, valid_R, x_RD, weight_R = _block_rows(n, block_rows, tables, x_TD,
+                                                                 weights_A)
+    expert = tables.expert_N[n]
     _, vjp = jax.vjp(functools.partial(_block_output, graphdef), x_RD,
                      _expert_slice(expert_state, expert), weight_R)
     dx_RD, dslice, dweight_R = vjp(jnp.take(dy_TD, token_R, axis=0, mode="clip"))
@@ -95,12 +101,45 @@ def _block_pass_bwd(graphdef, block_rows, residuals, dy_TD):
         dstate, dslice)
     return dx_TD, dweights_A, dstate
 
-  zeros = (jnp.zeros(x_TD.shape, jnp.float32), jnp.zeros(weights_A.shape, jnp.float32),
-           jax.tree.map(lambda w: jnp.zeros(w.shape, jnp.float32), expert_state))
-  dx_TD, dweights_A, dstate = lax.fori_loop(0, num_blocks, body, zeros)
-  dstate = jax.tree.map(lambda d, w: d.astype(w.dtype), dstate, expert_state)
-  return (dx_TD.astype(x_TD.dtype), dweights_A.astype(weights_A.dtype), dstate,
-          None, None, None, None, None)
+  return lax.fori_loop(0, tables.num_blocks, body, grads)
 
 
-block_pass.defvjp(_block_pass_fwd, _block_pass_bwd)
+def _batched(graphdef, x_ECD, expert_state):
+  return nnx.merge(graphdef, expert_state)(x_ECD, batched_matmul)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def batched_and_blocks(graphdef, block_rows: tuple[int, ...], x_ECD, x_TD, weights_A,
+                       expert_state, tables: tuple[BlockTables, ...]):
+  """(experts(x_ECD) batched by expert, sum of the block passes scattered into [T, D] float32).
+
+  ``graphdef``/``expert_state`` are the ``nnx.split`` of the experts module; ``tables[i]``
+  describes block pass i, whose blocks have ``block_rows[i]`` rows.
+  """
+  y_TD = jnp.zeros(x_TD.shape, jnp.float32)
+  for rows, pass_tables in zip(block_rows, tables):
+    y_TD = _blocks_forward(graphdef, rows, pass_tables, x_TD, weights_A, expert_state, y_TD)
+  return _batched(graphdef, x_ECD, expert_state), y_TD
+
+
+def _batched_and_blocks_fwd(graphdef, block_rows, x_ECD, x_TD, weights_A, expert_state, tables):
+  y_ECD, batched_vjp = jax.vjp(functools.partial(_batched, graphdef), x_ECD, expert_state)
+  y_TD = jnp.zeros(x_TD.shape, jnp.float32)
+  for rows, pass_tables in zip(block_rows, tables):
+    y_TD = _blocks_forward(graphdef, rows, pass_tables, x_TD, weights_A, expert_state, y_TD)
+  return (y_ECD, y_TD), (batched_vjp, x_TD, weights_A, expert_state, tables)
+
+
+def _batched_and_blocks_bwd(graphdef, block_rows, residuals, cotangents):
+  batched_vjp, x_TD, weights_A, expert_state, tables = residuals
+  dy_ECD, dy_TD = cotangents
+  dx_ECD, dstate = batched_vjp(dy_ECD)
+  grads = (jnp.zeros(x_TD.shape, jnp.float32), jnp.zeros(weights_A.shape, jnp.float32), dstate)
+  for rows, pass_tables in zip(block_rows, tables):
+    grads = _blocks_backward(graphdef, rows, pass_tables, x_TD, weights_A, expert_state, dy_TD,
+                             grads)
+  dx_TD, dweights_A, dstate = grads
+  return dx_ECD, dx_TD.astype(x_TD.dtype), dweights_A.astype(weights_A.dtype), dstate, None
+
+
+batched_and_blocks.defvjp(_batched_and_blocks_fwd, _batched_and_blocks_bwd)

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moejax.moe import plan as planning
+from moejax.moe.blocks import BlockTables, batched_and_blocks
 from moejax.moe.experts import batched_matmul
-from moejax.moe.blocks import block_pass
 from moejax.moe.routers import Routing
 
 ExpertFn = Callable[..., jax.Array]
@@ -49,7 +49,8 @@ def _take_rows(x_TD, index):
 
 def _combine(y_TD, token_R, weight_R, out_RD):
   """y_TD[token] += weight * out, accumulated in float32."""
-  weighted_RD = out_RD.reshape(-1, out_RD.shape[-1]).astype(jnp.float32) * weight_R.reshape(-1, 1)
+  weighted_RD = (out_RD.reshape(-1, out_RD.shape[-1]).astype(jnp.float32)
+                 * weight_R.reshape(-1, 1))
   return y_TD.at[token_R.reshape(-1)].add(weighted_RD, mode="promise_in_bounds")
 
 
@@ -97,13 +98,10 @@ def default_rows_per_expert(num_assignments: int, num_experts: int) -> int:
   return max(1, -(-num_assignments // num_experts))
 
 
-def _segment_blocks(rows_E, first_E, plan, cap: int, block_rows: int, max_rows: int):
-  """Block tables for one overflow segment per expert: ``rows_E`` rows of expert e starting at
-  its overflow row ``first_E``, padded to blocks of ``block_rows``, in at most ``max_rows`` rows.
-
-  Returns (token_M, assignment_M, valid_M, expert_N, num_blocks); blocks past ``num_blocks``
-  are unused.
-  """
+def _block_tables(rows_E, first_E, plan, cap: int, block_rows: int,
+                  max_rows: int) -> BlockTables:
+  """Tables of one block pass: ``rows_E`` overflow rows of expert e, starting at its overflow
+  row ``first_E``, padded to blocks of ``block_rows``, in at most ``max_rows`` rows."""
   num_experts = rows_E.shape[0]
   padded_E = -(-rows_E // block_rows) * block_rows
   padded_end_E = jnp.cumsum(padded_E)
@@ -112,54 +110,46 @@ def _segment_blocks(rows_E, first_E, plan, cap: int, block_rows: int, max_rows: 
                          num_experts - 1).astype(jnp.int32)
   expert_M = jnp.repeat(expert_N, block_rows)
   offset_M = jnp.arange(max_rows, dtype=jnp.int32) - (padded_end_E - padded_E)[expert_M]
-  valid_M = offset_M < rows_E[expert_M]
-  sorted_position_M = plan.starts_E[expert_M] + cap + first_E[expert_M] + offset_M
-  assignment_M = _take_rows(plan.assignment_S, sorted_position_M)
-  return (assignment_M // plan.num_choices, assignment_M, valid_M, expert_N,
-          padded_end_E[-1] // block_rows)
+  assignment_M = _take_rows(plan.assignment_S,
+                            plan.starts_E[expert_M] + cap + first_E[expert_M] + offset_M)
+  return BlockTables(token_M=assignment_M // plan.num_choices, assignment_M=assignment_M,
+                     valid_M=offset_M < rows_E[expert_M], expert_N=expert_N,
+                     num_blocks=padded_end_E[-1] // block_rows)
 
 
-def _overflow_pass(x_TD, routing: Routing, experts: ExpertFn, plan, cap: int,
-                   block_rows: Optional[int]):
-  """Exact pass over the choices beyond the first ``cap`` of each expert (blocks.py).
+def overflow_passes(num_assign: int, num_experts: int, plan, cap: int,
+                    block_rows: Optional[int]) -> list[tuple[int, BlockTables]]:
+  """The block passes over the choices beyond the first ``cap`` of each expert.
 
   Each expert's overflow runs as whole blocks of 8R rows, then its remainder in blocks of R
   (default 16): large blocks keep the matmuls efficient, small ones keep the padding (at most
-  R - 1 rows per expert) small when many experts overflow by a little.
+  R - 1 rows per expert) small when many experts overflow by a little. Static sizes cover the
+  worst case (every choice on one expert); the loops only visit used blocks.
   """
-  num_assign = routing.expert_ids_TK.size
-  num_experts = routing.num_experts
-  overflow_bound = num_assign - min(cap, num_assign)
-  if overflow_bound == 0:
-    return jnp.zeros(x_TD.shape, jnp.float32)
+  bound = num_assign - min(cap, num_assign)  # the most rows that can overflow
   small = block_rows or 16
   large = 8 * small
   over_E = jnp.maximum(plan.sizes_E - cap, 0)
   bulk_E = over_E // large * large
-  graphdef, expert_state = nnx.split(experts)
-  segments = (
-      (bulk_E, jnp.zeros_like(bulk_E), large, overflow_bound // large * large),
-      (over_E - bulk_E, bulk_E, small,
-       min(num_experts * large, -(-(overflow_bound + num_experts * (small - 1)) // small) * small)),
-  )
-  y_TD = jnp.zeros(x_TD.shape, jnp.float32)
-  for rows_E, first_E, rows, max_rows in segments:
-    if max_rows == 0:
-      continue
-    tables = _segment_blocks(rows_E, first_E, plan, cap, rows, max_rows)
-    y_TD = y_TD + block_pass(graphdef, rows, x_TD, routing.weights_TK.reshape(-1),
-                             expert_state, *tables)
-  return y_TD
+  sizes = (bound // large * large,
+           min(num_experts * large, -(-(bound + num_experts * (small - 1)) // small) * small))
+  passes = []
+  for rows_E, first_E, rows, max_rows in ((bulk_E, jnp.zeros_like(bulk_E), large, sizes[0]),
+                                          (over_E - bulk_E, bulk_E, small, sizes[1])):
+    if bound and max_rows:
+      passes.append((rows, _block_tables(rows_E, first_E, plan, cap, rows, max_rows)))
+  return passes
 
 
 def sorted_dispatch(x_TD, routing: Routing, experts: ExpertFn, *,
                     capacity_factor: Optional[float] = None, batch_prioritized: bool = False,
                     rows_per_expert: Optional[int] = None, block_rows: Optional[int] = None):
-  """Sort by expert; a batched pass over the first C rows of every expert; dropless, an exact
-  block pass over the overflow.
+  """Sort by expert; a batched pass over the first C rows of every expert; dropless, exact
+  block passes over the overflow (blocks.py). ``experts`` must be an nnx Module.
 
   C is the capacity with a capacity factor, else ``rows_per_expert`` (default: the balanced
-  load ceil(A/E), so balanced routing never overflows and wastes no rows).
+  load ceil(A/E), so balanced routing never overflows and wastes no rows). ``block_rows`` sets
+  the small block size of the overflow passes.
   """
   num_tokens, num_choices = routing.expert_ids_TK.shape
   num_experts = routing.num_experts
@@ -173,21 +163,26 @@ def sorted_dispatch(x_TD, routing: Routing, experts: ExpertFn, *,
     cap = planning.capacity(num_tokens, num_choices, num_experts, capacity_factor)
   plan = planning.sort_assignments(routing, batch_prioritized and not dropless)
 
-  y_TD = jnp.zeros(x_TD.shape, jnp.float32)
-  if cap > 0:
-    slot_C = jnp.arange(cap, dtype=jnp.int32)
-    filled_EC = slot_C < plan.sizes_E[:, None]
-    assignment_EC = _take_rows(plan.assignment_S, plan.starts_E[:, None] + slot_C)
-    token_EC = assignment_EC // num_choices
-    weight_EC = jnp.where(filled_EC, _take_rows(routing.weights_TK.reshape(-1), assignment_EC),
-                          0.0)
-    y_ECD = experts(_take_rows(x_TD, token_EC), batched_matmul)
-    y_TD = _combine(y_TD, token_EC, weight_EC, y_ECD)
+  slot_C = jnp.arange(cap, dtype=jnp.int32)
+  filled_EC = slot_C < plan.sizes_E[:, None]
+  assignment_EC = _take_rows(plan.assignment_S, plan.starts_E[:, None] + slot_C)
+  token_EC = assignment_EC // num_choices
+  weights_A = routing.weights_TK.reshape(-1)
+  weight_EC = jnp.where(filled_EC, _take_rows(weights_A, assignment_EC), 0.0)
+  x_ECD = _take_rows(x_TD, token_EC)
+  passes = []
   if dropless and (routing.max_load is None or cap < routing.max_load):
-    y_TD = y_TD + _overflow_pass(x_TD, routing, experts, plan, cap, block_rows)
-    dropped = jnp.zeros((), jnp.float32)
+    passes = overflow_passes(num_assign, num_experts, plan, cap, block_rows)
+  if passes:
+    graphdef, expert_state = nnx.split(experts)
+    block_rows, tables = zip(*passes)
+    y_ECD, y_TD = batched_and_blocks(graphdef, tuple(block_rows), x_ECD, x_TD, weights_A,
+                                     expert_state, tuple(tables))
   else:
-    dropped = 1.0 - planning.kept_fraction(plan, cap)
+    y_ECD, y_TD = experts(x_ECD, batched_matmul), jnp.zeros(x_TD.shape, jnp.float32)
+  y_TD = _combine(y_TD, token_EC, weight_EC, y_ECD)
+  dropped = (jnp.zeros((), jnp.float32) if dropless
+             else 1.0 - planning.kept_fraction(plan, cap))
   return y_TD.astype(x_TD.dtype), {"dropped_fraction": dropped}
 
 
@@ -204,10 +199,10 @@ def grouped_dispatch(x_TD, routing: Routing, experts: ExpertFn, *, group_matmul:
     routing, dropped = drop_over_capacity(routing, cap, batch_prioritized)
   plan = planning.sort_assignments(routing)
   token_A = plan.assignment_S // routing.num_choices
-  weight_A = routing.weights_TK.reshape(-1)[plan.assignment_S]
-  weight_A = jnp.where(routing.active().reshape(-1)[plan.assignment_S], weight_A, 0.0)
+  weight_A = jnp.where(routing.active().reshape(-1), routing.weights_TK.reshape(-1), 0.0)
+  weight_A = _take_rows(weight_A, plan.assignment_S)  # inactive rows, sorted last, weigh 0
   matmul = functools.partial(group_matmul, group_sizes=plan.sizes_E)
-  y_AD = experts(_take_rows(x_TD, token_A), lambda x, w: matmul(x, w))
+  y_AD = experts(_take_rows(x_TD, token_A), matmul)
   y_TD = _combine(jnp.zeros(x_TD.shape, jnp.float32), token_A, weight_A, y_AD)
   return y_TD.astype(x_TD.dtype), {"dropped_fraction": dropped}
 

@@ -127,7 +127,7 @@ class MoELayer(nnx.Module):
                                         dtype=dtype, rngs=rngs)
     self.shared = (SwiGLU(d_model, shared_d_ff, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
                    if shared_d_ff else None)
-    self.relu_scale = (routing_lib.ReLURouterScale(num_experts, param_dtype=param_dtype,
+    self.router_scale = (routing_lib.ReLURouterScale(num_experts, param_dtype=param_dtype,
                                                    rngs=rngs) if router == "relu" else None)
     self.router_bias = (routing_lib.RouterBias(jnp.zeros((num_experts,), jnp.float32))
                         if bias_update_rate else None)
@@ -162,7 +162,7 @@ class MoELayer(nnx.Module):
       routing = routing_lib.sinkhorn_top_k(logits_TE, k, self.sinkhorn_iterations,
                                            self.renormalize)
     else:  # relu
-      routing, aux = routing_lib.relu_routing(logits_TE, self.relu_scale)
+      routing, aux = routing_lib.relu_routing(logits_TE, self.router_scale)
     if self.top_k_schedule is not None:
       k_now = routing_lib.top_k_at(self.step[...], self.top_k, *self.top_k_schedule)
       routing = routing_lib.keep_first_choices(routing, k_now, self.renormalize)
