@@ -35,6 +35,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from benchmarks.peak import matmul_peak_gflops
 from moejax.moe.dispatch import dispatch
 from moejax.moe.experts import SwiGLUExperts
 from moejax.moe.routers import Routing
@@ -70,20 +71,6 @@ class Point:
   num_experts: int
   top_k: int
   routing: str
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-  """Best-of f32 matmul throughput (GFLOP/s) on the default device; measured at the start and
-  the end of a run, the larger counts (on a shared machine both can be low)."""
-  a = jnp.ones((n, n), jnp.float32)
-  matmul = jax.jit(lambda a: a @ a)
-  matmul(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best / 1e9
 
 
 def make_expert_ids(point: Point, seed: int = 0) -> np.ndarray:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from benchmarks.peak import matmul_peak_gflops
 from experiments import cli
 from experiments.flags import CONFIG
 from moejax import counting, sharding
@@ -26,19 +27,6 @@ from moejax.training.step import build_train_step
 
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed training steps.")
 _DEPTHS = flags.DEFINE_list("depths", ["2", "16"], "Layer counts for the compile-time check.")
-
-
-def matmul_peak_gflops(n: int = 1024, repeats: int = 10) -> float:
-  """Best-of f32 matmul throughput (GFLOP/s) on the default device."""
-  a = jnp.ones((n, n), jnp.float32)
-  matmul = jax.jit(lambda a: a @ a)
-  matmul(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    matmul(a).block_until_ready()
-    best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best / 1e9
 
 
 def step_throughput(config, steps: int) -> float:
