@@ -66,7 +66,8 @@ class MoELayer(nnx.Module):
   Args:
     d_model, num_experts, top_k, d_ff: sizes; ``d_ff`` is each expert's hidden size (a
       fine-grained MoE with granularity G uses the dense hidden / G, Krajewski et al. 2024).
-    shared_d_ff: hidden size of the always-on shared expert (0: none).
+    shared_d_ff: hidden size of the always-on shared SwiGLU branch (0: none); n shared experts
+      of hidden F are one branch of hidden n*F (DiT-MoE: 2 shared experts).
     router: one of ``routers.ROUTERS``.
     renormalize: renormalise the top-k weights to sum to 1.
     strategy: a ``dispatch.STRATEGIES`` name.
