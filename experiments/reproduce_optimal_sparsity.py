@@ -5,12 +5,19 @@
 Trains the sweep ``configs/sweeps/optimal_sparsity.py:PRESET`` (finished runs are skipped),
 evaluates every model on the memorization and reasoning suites, fits the routed scaling law,
 draws the figures and writes DIR/report.md and DIR/summary.json.
+
+  --grpo   also post-trains every finished model with GRPO on the reasoning suite and evaluates it
+           again (grpo_* columns, DIR/sweep/runs/NAME/grpo.json; finished ones are reused).
+           Settings: configs/grpo.py (``smoke`` for --preset=smoke, else ``tiny``), or e.g.
+           --grpo_config=configs/grpo.py:tiny --grpo_config.steps=60.
 """
 
 import json
 
 from absl import flags
+from ml_collections import config_flags
 
+from configs import grpo as grpo_configs
 from experiments import cli
 from moejax.study.pipeline import run_study
 
@@ -19,6 +26,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory.", required=Tru
 _PROCESSES = flags.DEFINE_integer("processes", 1, "Runs trained at a time (child processes).")
 _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "ray"], "Where runs execute.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "Per-run config override, a.b=value.")
+_GRPO = flags.DEFINE_bool("grpo", False, "Also post-train every finished model with GRPO.")
+_GRPO_CONFIG = config_flags.DEFINE_config_file(
+    "grpo_config", None, "GRPO config, e.g. configs/grpo.py:tiny (default: by --preset).")
 
 
 # The smoke sweep trains on synthetic tokens; the smoke *study* points it at the smoke build of
@@ -32,13 +42,20 @@ PRESET_OVERRIDES = {
 def main(argv):
   del argv
   overrides = PRESET_OVERRIDES.get(_PRESET.value, ()) + tuple(_OVERRIDE.value)
+  grpo = None
+  if _GRPO.value:
+    grpo = _GRPO_CONFIG.value or grpo_configs.get_config(
+        "smoke" if _PRESET.value == "smoke" else "tiny")
   summary = cli.run_or_exit(lambda: run_study(
       f"configs/sweeps/optimal_sparsity.py:{_PRESET.value}", _WORKDIR.value,
       preset=_PRESET.value, processes=_PROCESSES.value, backend=_BACKEND.value,
-      overrides=overrides))
+      overrides=overrides, grpo=grpo))
   print(json.dumps({"memorization_spearman_total_params":
                     summary["memorization_spearman_total_params"],
-                    "verdicts": {v["finding"]: v["verdict"] for v in summary["verdicts"]}}))
+                    "verdicts": {v["finding"]: v["verdict"] for v in summary["verdicts"]},
+                    **({"grpo_reason_accuracy": {
+                        name: [row.get("reason_accuracy"), row.get("grpo_reason_accuracy")]
+                        for name, row in summary["grpo"].items()}} if "grpo" in summary else {})}))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 The sweep runs through moejax.sweeps (skipping finished runs, so re-running resumes); each run's
 trainer already evaluates the data suites into its eval.json (``config.eval``), and
-``suite_columns`` lifts those metrics into the results table.
+``suite_columns`` lifts those metrics into the results table. With a GRPO config, every done run
+is then post-trained and evaluated again (moejax/posttrain/study.py: ``grpo_*`` columns, each
+run's grpo.json, and a ``grpo`` section in summary.json).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import time
 from typing import Any
 
+import ml_collections
 import numpy as np
 import pandas as pd
 
@@ -46,8 +49,12 @@ def fit_routed_law(df: pd.DataFrame, num_resamples: int = 200) -> dict[str, Any]
 
 
 def run_study(sweep_spec: str, workdir: str, *, preset: str, processes: int = 1,
-              backend: str = "local", overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-  """Runs (or resumes) the sweep, then writes DIR/report.md and DIR/summary.json."""
+              backend: str = "local", overrides: tuple[str, ...] = (),
+              grpo: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """Runs (or resumes) the sweep, then writes DIR/report.md and DIR/summary.json.
+
+  ``grpo`` (configs/grpo.py) also post-trains every done run with GRPO (resumable).
+  """
   from analysis.figures import make_study_figures  # pylint: disable=import-outside-toplevel
   from moejax.sweeps import load_sweep, run_sweep  # pylint: disable=import-outside-toplevel
   from moejax.sweeps.spec import apply_overrides  # pylint: disable=import-outside-toplevel
@@ -56,6 +63,11 @@ def run_study(sweep_spec: str, workdir: str, *, preset: str, processes: int = 1,
   os.makedirs(workdir, exist_ok=True)
   df = run_sweep(runs, os.path.join(workdir, "sweep"), backend=backend, processes=processes,
                  evaluate=suite_columns)
+  grpo_extra = {}
+  if grpo is not None:
+    from moejax.posttrain import study as posttrain  # pylint: disable=import-outside-toplevel
+    df = posttrain.grpo_sweep(os.path.join(workdir, "sweep"), grpo)
+    grpo_extra["grpo"] = posttrain.grpo_summary(df)
   done = df[df["status"] == "done"].copy()
   fits: dict[str, Any]
   try:
@@ -65,4 +77,4 @@ def run_study(sweep_spec: str, workdir: str, *, preset: str, processes: int = 1,
     fits = {"clark": f"fit failed: {e}"}
   figures = make_study_figures(done, os.path.join(workdir, "figures")) if len(done) else {}
   return report.write(workdir, df, verdicts.all_verdicts(done), figures, fits,
-                      {"preset": preset, "wall_time_s": time.time() - start})
+                      {"preset": preset, "wall_time_s": time.time() - start, **grpo_extra})

@@ -87,7 +87,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.close()
     state = holder["state"]
     eval_loss = evaluate(eval_step, state, eval_source, batch_sharding, config.train.eval_batches)
-    suite_metrics = _suite_metrics(config, graphdef, state)
+    suite_metrics = evaluate_run_suites(config, graphdef, state)
 
   results = {**counting.summary(config), "eval_loss": eval_loss,
              "eval_perplexity": float(np.exp(eval_loss)), "final_train_loss": final_loss,
@@ -136,7 +136,7 @@ def _log(writer, bar, step, metrics, tokens_per_s) -> float:
   return row["loss"]
 
 
-def _suite_metrics(config: ml_collections.ConfigDict, graphdef, state) -> dict:
+def evaluate_run_suites(config: ml_collections.ConfigDict, graphdef, state) -> dict:
   """Generation-based metrics on the data suites (memorization QA, reasoning), when trained on
   them; single-process only (generation gathers results on the host)."""
   if config.data.source != "suites" or not config.eval.suites or jax.process_count() > 1:
