@@ -6,6 +6,11 @@ without pyplot (no global state, any backend); ``save_figure`` writes PNG and PD
 A function whose columns are missing raises ``MissingColumnsError`` naming them;
 ``make_study_figures`` draws every figure it can and reports the skipped ones.
 Only finished runs with a finite loss are drawn (``results_schema.finished_runs``).
+
+Uncertainty, when the table carries it (the study's model table, ``moejax.study``): a column
+``{y}_lo``/``{y}_hi`` (95% interval over evaluation items) is drawn as error bars, and
+``{y}_seed_min``/``{y}_seed_max`` of a point averaged over ``num_seeds`` > 1 seeds as a pale
+band behind the point (the seeds' range).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from matplotlib.figure import Figure
 
 from analysis import isoflop
 from analysis.results_schema import (MissingColumnsError, add_derived_columns,
-                                     finished_runs, require_columns)
+                                     finished_runs, require_columns, sc_accuracy_columns)
 
 SUITE_LABELS = {"mem": "memorization", "reason": "reasoning"}
 REASONING_PEAK_TPP = 20.0  # Nakamura et al. 2025: reasoning peaks near TPP ~ 20.
@@ -65,6 +70,18 @@ def _budget_panels(runs: pd.DataFrame, budget_col: str = "train_flops"):
           for g in np.unique(groups)]
 
 
+def _uncertainty(ax, g: pd.DataFrame, x_col: str, y_col: str, color) -> None:
+  """Error bars from ``{y}_lo/_hi`` and the seeds' range from ``{y}_seed_min/_max``."""
+  if f"{y_col}_lo" in g and g[f"{y_col}_lo"].notna().any():
+    yerr = np.stack([g[y_col] - g[f"{y_col}_lo"], g[f"{y_col}_hi"] - g[y_col]])
+    ax.errorbar(g[x_col], g[y_col], yerr=np.nan_to_num(yerr.clip(min=0)), fmt="none",
+                ecolor=color, elinewidth=0.8, capsize=2)
+  if f"{y_col}_seed_min" in g and "num_seeds" in g:
+    seeded = g[g["num_seeds"] > 1]
+    ax.vlines(seeded[x_col], seeded[f"{y_col}_seed_min"], seeded[f"{y_col}_seed_max"],
+              color=color, alpha=0.25, lw=5)
+
+
 def _lines_by(ax, runs, x_col, y_col, group_cols, colors, label_fmt="k={}"):
   """One line per group (sorted by x), coloured by top_k, labelled once per k."""
   seen = set()
@@ -74,6 +91,7 @@ def _lines_by(ax, runs, x_col, y_col, group_cols, colors, label_fmt="k={}"):
     label = label_fmt.format(k) if k not in seen else None
     seen.add(k)
     ax.plot(g[x_col], g[y_col], "o-", color=colors[k], ms=4, lw=1, label=label)
+    _uncertainty(ax, g, x_col, y_col, colors[k])
 
 
 def plot_loss_vs_total_params(df: pd.DataFrame, loss_col: str = "final_eval_loss") -> Figure:
@@ -188,6 +206,7 @@ def plot_accuracy_vs_tpp(df: pd.DataFrame) -> Figure:
   for ax, (suite, label) in zip(axes, SUITE_LABELS.items()):
     for k, g in runs.groupby("top_k"):
       ax.scatter(g["tpp"], g[f"{suite}_accuracy"], color=colors[k], s=14, label=f"k={k}")
+      _uncertainty(ax, g, "tpp", f"{suite}_accuracy", colors[k])
     ax.axvline(REASONING_PEAK_TPP, color="grey", ls="--", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("tokens per parameter")
@@ -225,6 +244,52 @@ def plot_generalization_gaps(df: pd.DataFrame) -> Figure:
   return fig
 
 
+def plot_accuracy_vs_samples(df: pd.DataFrame) -> Figure:
+  """Reasoning accuracy of a majority vote over n sampled answers vs n, one line per model,
+  one panel per family (fixed active parameters), coloured by number of experts.
+
+  Finding 6: test-time compute raises accuracy but does not rescue overly sparse models (the
+  lines rise without crossing). Greedy accuracy is the dotted level of each model.
+  """
+  columns = sc_accuracy_columns(df)
+  if len(columns) < 2:
+    raise MissingColumnsError("accuracy vs self-consistency samples",
+                              ["reason_sc{n}_accuracy for two or more n"])
+  runs = _runs(df, ["family", "num_experts", *columns.values()],
+               "accuracy vs self-consistency samples", "final_eval_loss")
+  families = sorted(runs["family"].astype(str).unique())
+  cols = min(4, len(families))
+  rows = -(-len(families) // cols)
+  fig = Figure(figsize=(3.4 * cols, 3.2 * rows), layout="constrained")
+  axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
+  cmap = colormaps["viridis"]
+  experts = sorted(runs["num_experts"].unique())
+  for ax in axes[len(families):]:
+    ax.set_visible(False)
+  for ax, family in zip(axes, families):
+    members = runs[runs["family"].astype(str) == family].sort_values("num_experts")
+    for i, (_, row) in enumerate(members.iterrows()):
+      color = cmap(experts.index(row["num_experts"]) / max(1, len(experts) - 1))
+      dodge = 2 ** (0.05 * (i - (len(members) - 1) / 2))  # keeps error bars apart
+      points = pd.DataFrame({"n": np.array(list(columns)) * dodge,
+                             "num_seeds": row.get("num_seeds", 1)})
+      for suffix in ("", "_lo", "_hi", "_seed_min", "_seed_max"):
+        points["acc" + suffix] = [row.get(c + suffix, np.nan) for c in columns.values()]
+      label = "dense" if row["num_experts"] == 1 else f"E={row['num_experts']}"
+      ax.plot(points["n"], points["acc"], "o-", color=color, ms=4, lw=1, label=label)
+      _uncertainty(ax, points, "n", "acc", color)
+      if pd.notna(row.get("reason_accuracy")):
+        ax.axhline(row["reason_accuracy"], color=color, ls=":", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(columns), labels=[str(n) for n in columns])
+    ax.set_xlabel("samples voted (n); dotted: greedy")
+    ax.set_title(family, fontsize=9)
+    ax.legend(fontsize=7)
+  for ax in axes[::cols]:
+    ax.set_ylabel("reasoning accuracy (majority vote)")
+  return fig
+
+
 STUDY_FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "loss_vs_total_params": plot_loss_vs_total_params,
     "suite_vs_total_params": plot_suite_vs_total_params,
@@ -232,6 +297,7 @@ STUDY_FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "isoflop_sparsity": lambda df: plot_isoflop(df, x_col="sparsity", log_x=False),
     "accuracy_vs_tpp": plot_accuracy_vs_tpp,
     "generalization_gaps": plot_generalization_gaps,
+    "accuracy_vs_samples": plot_accuracy_vs_samples,
 }
 
 

@@ -24,12 +24,15 @@ Per-suite evaluation (optional; a figure that needs a missing one is skipped)
   mem_accuracy, reason_accuracy             accuracy on held-out items [fraction]
   mem_train_accuracy, reason_train_accuracy same metric on training-split items in evaluation
                                             format (for the train-test gap) [fraction]
+  reason_sc{n}_accuracy                     majority vote over n sampled answers [fraction]
+                                            (``sc_accuracy_columns``)
 
 ``sparsity`` and ``tpp`` are derived by ``add_derived_columns`` when absent.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -68,6 +71,16 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None
   missing = missing_columns(df, columns)
   if missing:
     raise MissingColumnsError(what, missing)
+
+
+def sc_accuracy_columns(df: pd.DataFrame) -> dict[int, str]:
+  """{n: "reason_sc{n}_accuracy"} for the self-consistency columns holding values, n sorted."""
+  found = {}
+  for column in df.columns:
+    match = re.fullmatch(r"reason_sc(\d+)_accuracy", column)
+    if match and df[column].notna().any():
+      found[int(match.group(1))] = column
+  return dict(sorted(found.items()))
 
 
 def load_results(path: str | Path, table: str = SQLITE_TABLE) -> pd.DataFrame:

@@ -85,10 +85,12 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
       steps=29_803, log_every=10, checkpoint_every=500, keep_checkpoints=3, eval_batches=8,
       progress_bar=True))
   # Evaluation after training on the data suites (moejax/evaluation/): QA and reasoning
-  # accuracy by greedy generation, task losses, knowledge bits; sc_samples > 0 adds
-  # self-consistency and pass@k. max_items caps each split (a fixed subset; 0 = all).
+  # accuracy by greedy generation, task losses, knowledge bits; sc_samples > 0 samples that
+  # many answers per reasoning test item: majority vote of the first n for n in sc_ns and
+  # sc_samples (test-time compute, finding 6), and pass@k. max_items caps each split (a fixed
+  # subset; 0 = all).
   cfg.eval = ml_collections.ConfigDict(dict(suites=True, max_items=256, batch_size=64,
-                                            sc_samples=0))
+                                            sc_samples=16, sc_ns=(1, 4, 16)))
   # Mesh axis sizes (-1: all remaining devices) and the logical -> mesh axis table.
   cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   cfg.sharding_rules = [
@@ -104,13 +106,15 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     cfg.data.update(source="synthetic", batch_size=8, seq_len=32)
     cfg.optim.update(lr=3e-3, min_lr=3e-4, warmup_steps=5)
     cfg.train.update(steps=30, log_every=5, checkpoint_every=10, eval_batches=2)
+    cfg.eval.sc_samples = 0
   elif preset == "tiny":
     cfg.model.update(vocab_size=512, d_model=128, num_layers=4, head_dim=32, num_experts=8,
                      top_k=2)
     cfg.data.update(batch_size=32, seq_len=128)
     cfg.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=20)
     cfg.train.update(steps=200, log_every=10, checkpoint_every=100, eval_batches=8)
-    cfg.eval.max_items = 128
+    # Self-consistency at n <= 8 roughly doubles the evaluation's generation (2 cores).
+    cfg.eval.update(max_items=128, sc_samples=8, sc_ns=(1, 2, 4, 8))
   elif preset == "paper":
     # Trained on a pod from a real corpus: name its seqio task, e.g. --config.data.task=c4_lm.
     cfg.data.update(source="seqio", task="")

@@ -32,10 +32,12 @@ _GRPO_CONFIG = config_flags.DEFINE_config_file(
 
 
 # The smoke sweep trains on synthetic tokens; the smoke *study* points it at the smoke build of
-# the data suites so that every stage (evaluation included) runs, in about a minute per run.
+# the data suites so that every stage (evaluation, self-consistency at n = 1, 2, 4 included)
+# runs, in about a minute per run.
 PRESET_OVERRIDES = {
     "smoke": ("data.source=suites", "data.preset=smoke", "data.seq_len=128",
-              "model.vocab_size=256", "eval.max_items=32", "eval.batch_size=32"),
+              "model.vocab_size=256", "eval.max_items=32", "eval.batch_size=32",
+              "eval.sc_samples=4", "eval.sc_ns=[1,2,4]"),
 }
 
 

@@ -65,8 +65,23 @@ def test_vote_and_score_on_known_answers():
   assert result["pass_at_k"][3] == pytest.approx(2 / 3)
   assert result["pass_at_k_by_difficulty"] == {1: {1: pytest.approx(2 / 3), 2: 1.0, 3: 1.0},
                                                2: {1: 0.0, 2: 0.0, 3: 0.0}}
+  assert result["item_correct"] == [True, False, True]
+  assert result["sample_correct"][0] == [True, False, True]
   with pytest.raises(ValueError):
     tasks.vote_and_score(items, [["Answer: 3"], ["Answer: 5", "Answer: 5"], [" Tavira"]])
+
+
+def test_self_consistency_by_n_votes_over_the_first_n_samples():
+  items = [_problem("p1", "3", 1), _problem("p2", "5", 2)]
+  samples = [["Answer: 4", "Answer: 3", "Answer: 3", "Answer: 3"],
+             ["Answer: 5", "Answer: 6", "Answer: 6", "Answer: 6"]]
+  by_n = tasks.self_consistency_by_n(items, samples, (4, 1, 2))
+  assert list(by_n) == [1, 2, 4]
+  assert [by_n[n]["item_correct"] for n in (1, 2, 4)] == [
+      [False, True], [False, True], [True, False]]  # n=2 ties go to the earliest answer
+  assert by_n[4]["accuracy"] == tasks.vote_and_score(items, samples)["accuracy"]
+  with pytest.raises(ValueError):
+    tasks.self_consistency_by_n(items, samples, (8,))
 
 
 def test_reference_continuations_score_perfectly():

@@ -48,16 +48,34 @@ def test_item_tokens_follow_the_training_format(data):
       assert tok.decode(ids.answer) == item.target.strip()  # decode drops the leading space
 
 
-def test_evaluate_suites(data, model_and_config):
+def test_evaluate_suites(data, model_and_config, tmp_path):
   data_dir, tok = data
   model, cfg = model_and_config
+  per_item = {}
   metrics = evaluate_suites(model, tok, "smoke", data_dir, max_items=4, max_new_tokens=8,
-                            sc_samples=2, progress=False, **OPTIONS)
+                            sc_samples=2, sc_ns=(1, 4), progress=False, per_item=per_item,
+                            **OPTIONS)
   for name in ("mem_task_loss", "mem_accuracy", "mem_train_accuracy", "reason_task_loss",
                "reason_accuracy", "reason_train_accuracy", "mem_train_task_loss",
-               "reason_sc_accuracy", "reason_pass_at_1", "reason_pass_at_2", "knowledge_bits",
-               "knowledge_bits_seen", "knowledge_bits_unseen", "bits_per_param"):
+               "reason_sc1_accuracy", "reason_sc2_accuracy", "reason_pass_at_1",
+               "reason_pass_at_2", "knowledge_bits", "knowledge_bits_seen",
+               "knowledge_bits_unseen", "bits_per_param"):
     assert name in metrics, name
+  assert "reason_sc4_accuracy" not in metrics  # n above sc_samples is dropped
+  # Per-item results reproduce the aggregate metrics.
+  for name in ("mem", "mem_train", "reason", "reason_train"):
+    assert per_item[f"{name}_uid"].shape == per_item[f"{name}_correct"].shape == (4,)
+    assert per_item[f"{name}_correct"].mean() == metrics[f"{name}_accuracy"]
+    assert per_item[f"{name}_nll"].sum() / per_item[f"{name}_answer_tokens"].sum() == (
+        pytest.approx(metrics[f"{name}_task_loss"]))
+  assert per_item["reason_sample_correct"].shape == (4, 2)
+  for n in (1, 2):
+    assert per_item[f"reason_sc{n}_correct"].mean() == metrics[f"reason_sc{n}_accuracy"]
+  path = tmp_path / suite_metrics.ITEMS_FILENAME
+  suite_metrics.save_items(str(path), per_item)
+  loaded = suite_metrics.load_items(str(path))
+  assert set(loaded) == set(per_item)
+  np.testing.assert_array_equal(loaded["reason_uid"], per_item["reason_uid"])
   assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
   assert metrics["mem_count"] == metrics["reason_train_count"] == 4
   difficulties = {i.difficulty for i in suite_metrics.subset(

@@ -10,7 +10,7 @@ continuation (decoded text up to EOS):
 Answers are compared after ``normalize``: whitespace collapsed and stripped, one trailing period
 dropped. Nothing else is forgiven (case, extra words): the ground truth is exact.
 
-  score(items, continuations) -> {"accuracy", "correct", "count",
+  score(items, continuations) -> {"accuracy", "correct", "count", "item_correct": [bool],
                                   "by_difficulty": {d: {...}}, "by_attribute": {a: {...}}}
 """
 
@@ -48,11 +48,12 @@ def _summary(flags: list[bool]) -> dict[str, Any]:
 
 
 def score(items: Sequence[records.Example], continuations: Sequence[str]) -> dict[str, Any]:
-  """Accuracy overall, by difficulty (reasoning) and by attribute (memorization)."""
+  """Accuracy overall, by difficulty (reasoning) and by attribute (memorization), and each
+  item's correctness (``item_correct``, in the items' order)."""
   if len(items) != len(continuations):
     raise ValueError(f"{len(items)} items but {len(continuations)} continuations")
   flags = [is_correct(item, c) for item, c in zip(items, continuations)]
-  result = _summary(flags)
+  result = {**_summary(flags), "item_correct": flags}
   for key, field in (("by_difficulty", "difficulty"), ("by_attribute", "attribute")):
     groups: dict[Any, list[bool]] = {}
     for item, flag in zip(items, flags):

@@ -7,7 +7,8 @@ or ``(graphdef, *states)``), the suites' tokenizer and ``suites.eval_items`` ite
                                                overall, by difficulty, by attribute)
   self_consistency(model, tok, items, num_samples=8, temperature=0.7)
                                                majority vote of sampled answers, and pass@k
-                                               (``vote_and_score`` on given continuations)
+                                               (``vote_and_score`` on given continuations;
+                                               ``self_consistency_by_n`` for several n)
   task_loss(model, tok, items)                 cross-entropy on the answer tokens (likelihood.py)
   knowledge(model, tok, items, cardinality)    bits of facts stored (metrics.knowledge_bits)
 
@@ -105,28 +106,43 @@ def vote_and_score(items: Sequence[records.Example], samples: Sequence[Sequence[
   which gives the stratified accuracies. A sample is correct by ``scoring.is_correct``.
 
   Returns:
-    ``scoring.score`` of the voted continuations (``accuracy``, ``by_difficulty``, ...), plus
-    ``pass_at_k`` {k: mean over items} and ``pass_at_k_by_difficulty`` {d: {k: mean}} for each
-    k in ``ks`` up to n and for k = n, and ``samples``.
+    ``scoring.score`` of the voted continuations (``accuracy``, ``by_difficulty``,
+    ``item_correct``, ...), plus ``pass_at_k`` {k: mean over items} and
+    ``pass_at_k_by_difficulty`` {d: {k: mean}} for each k in ``ks`` up to n and for k = n,
+    ``sample_correct`` (per item, the correctness of each sample) and ``samples``.
   """
   num_samples = len(samples[0]) if samples else 1
   ks = sorted({*(k for k in ks if k <= num_samples), num_samples})
-  voted, pass_at = [], {k: [] for k in ks}
+  voted, sample_correct, pass_at = [], [], {k: [] for k in ks}
   for item, conts in zip(items, samples, strict=True):
     if len(conts) != num_samples:
       raise ValueError(f"Item {item.uid} has {len(conts)} samples, not {num_samples}")
     answers = [scoring.extract_answer(c, require_tag=item.kind == "problem") for c in conts]
     winner = metrics.majority_vote(answers)
     voted.append(conts[answers.index(winner)] if winner is not None else "")
-    correct = sum(scoring.is_correct(item, c) for c in conts)
+    sample_correct.append([scoring.is_correct(item, c) for c in conts])
     for k in ks:
-      pass_at[k].append(metrics.pass_at_k(num_samples, correct, k))
+      pass_at[k].append(metrics.pass_at_k(num_samples, sum(sample_correct[-1]), k))
   by_difficulty = {k: _mean_by(items, "difficulty", v) for k, v in pass_at.items()}
   return {**scoring.score(items, voted),
           "pass_at_k": {k: float(np.mean(v)) if v else 0.0 for k, v in pass_at.items()},
           "pass_at_k_by_difficulty": {d: {k: by_difficulty[k][d] for k in ks}
                                       for d in by_difficulty[ks[0]]},
-          "samples": [list(c) for c in samples]}
+          "sample_correct": sample_correct, "samples": [list(c) for c in samples]}
+
+
+def self_consistency_by_n(items: Sequence[records.Example], samples: Sequence[Sequence[str]],
+                          ns: Sequence[int]) -> dict[int, dict[str, Any]]:
+  """``vote_and_score`` of the first n samples of every item, for each n in ``ns``.
+
+  One set of samples serves every n: with per-sample keys (``self_consistency``) the first n
+  of N samples are exactly the samples a run with n would draw, so the curve over n is
+  paired (differences between n are not blurred by fresh sampling noise).
+  """
+  num_samples = len(samples[0]) if samples else 0
+  if any(not 1 <= n <= num_samples for n in ns):
+    raise ValueError(f"every n must be in [1, {num_samples}] (the samples drawn); got {ns}")
+  return {n: vote_and_score(items, [s[:n] for s in samples]) for n in sorted(set(ns))}
 
 
 def task_loss(model: model_io.Model, tokenizer: tokenizer_lib.Tokenizer,

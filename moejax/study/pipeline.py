@@ -1,10 +1,13 @@
-"""The study end to end: sweep -> evaluation -> fits -> figures -> report.
+"""The study end to end: sweep -> evaluation -> intervals -> fits -> figures -> report.
 
 The sweep runs through moejax.sweeps (skipping finished runs, so re-running resumes); each run's
-trainer already evaluates the data suites into its eval.json (``config.eval``), and
-``suite_columns`` lifts those metrics into the results table. With a GRPO config, every done run
-is then post-trained and evaluated again (moejax/posttrain/study.py: ``grpo_*`` columns, each
-run's grpo.json, and a ``grpo`` section in summary.json).
+trainer already evaluates the data suites into its eval.json and eval_items.npz
+(``config.eval``), and ``suite_columns`` lifts those metrics into the results table. Finished
+runs become one row per model (seeds averaged, ``seeds.by_model``) with bootstrap intervals
+over evaluation items (``intervals.ItemBootstrap``), which the verdicts, figures and report use.
+With a GRPO config, every done run is then post-trained and evaluated again
+(moejax/posttrain/study.py: ``grpo_*`` columns, each run's grpo.json, and a ``grpo`` section in
+summary.json).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from moejax.study import report, verdicts
+from moejax.study import intervals, report, seeds, verdicts
 
 SUITE_PREFIXES = ("mem_", "mem_train_", "reason_", "knowledge_", "bits_per_param")
 
@@ -44,7 +47,8 @@ def fit_routed_law(df: pd.DataFrame, num_resamples: int = 200) -> dict[str, Any]
     return {"clark": "not fitted: needs >= 5 finished runs over >= 2 active sizes and E values"}
   inputs = {"N": runs["active_params"].to_numpy(float), "E": runs["num_experts"].to_numpy(float)}
   fit = fit_law(get_law("clark"), inputs, runs["final_eval_loss"].to_numpy(float))
-  boot = bootstrap_fit(fit, num_resamples)
+  # Seeds of a model are one cluster: resampled together, not as independent points.
+  boot = bootstrap_fit(fit, num_resamples, groups=runs["name"].map(seeds.model_name).to_numpy())
   return {"clark": {"params": boot.summary(0.95), **fit.summary()}}
 
 
@@ -57,24 +61,29 @@ def run_study(sweep_spec: str, workdir: str, *, preset: str, processes: int = 1,
   """
   from analysis.figures import make_study_figures  # pylint: disable=import-outside-toplevel
   from moejax.sweeps import load_sweep, run_sweep  # pylint: disable=import-outside-toplevel
+  from moejax.sweeps.runner import run_dir  # pylint: disable=import-outside-toplevel
   from moejax.sweeps.spec import apply_overrides  # pylint: disable=import-outside-toplevel
   start = time.time()
   runs = apply_overrides(load_sweep(sweep_spec), list(overrides))
   os.makedirs(workdir, exist_ok=True)
-  df = run_sweep(runs, os.path.join(workdir, "sweep"), backend=backend, processes=processes,
-                 evaluate=suite_columns)
+  sweep_dir = os.path.join(workdir, "sweep")
+  df = run_sweep(runs, sweep_dir, backend=backend, processes=processes, evaluate=suite_columns)
   grpo_extra = {}
   if grpo is not None:
     from moejax.posttrain import study as posttrain  # pylint: disable=import-outside-toplevel
-    df = posttrain.grpo_sweep(os.path.join(workdir, "sweep"), grpo)
+    df = posttrain.grpo_sweep(sweep_dir, grpo)
     grpo_extra["grpo"] = posttrain.grpo_summary(df)
   done = df[df["status"] == "done"].copy()
+  items = intervals.load_run_items(done["name"], lambda name: run_dir(sweep_dir, name))
+  boot = intervals.ItemBootstrap(seeds.by_model(done), items)
+  models = boot.with_intervals()
   fits: dict[str, Any]
   try:
     fits = fit_routed_law(done)
   except Exception as e:  # pylint: disable=broad-except  (a failed fit is reported, not fatal)
     logging.warning("fit failed: %s", e)
     fits = {"clark": f"fit failed: {e}"}
-  figures = make_study_figures(done, os.path.join(workdir, "figures")) if len(done) else {}
-  return report.write(workdir, df, verdicts.all_verdicts(done), figures, fits,
-                      {"preset": preset, "wall_time_s": time.time() - start, **grpo_extra})
+  figures = make_study_figures(models, os.path.join(workdir, "figures")) if len(done) else {}
+  return report.write(workdir, df, models, verdicts.all_verdicts(models, boot), figures, fits,
+                      {"preset": preset, "intervals": boot.settings(),
+                       "wall_time_s": time.time() - start, **grpo_extra})

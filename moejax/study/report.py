@@ -1,18 +1,28 @@
-"""Writes a study's report.md (figures embedded, results table, verdicts) and summary.json."""
+"""Writes a study's report.md (figures embedded, results table, verdicts) and summary.json.
+
+The results table has one row per model (seeds averaged, ``seeds.by_model``). A metric with a
+bootstrap interval over evaluation items (``{metric}_lo``/``_hi`` columns,
+``intervals.ItemBootstrap.with_intervals``) is shown as ``estimate [lo, hi]``; with several
+seeds, ``± sd`` adds the sample standard deviation over seeds.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-TABLE_COLUMNS = ("name", "total_params", "active_params", "top_k", "final_eval_loss",
-                 "mem_train_accuracy", "mem_accuracy", "reason_accuracy", "reason_task_loss",
-                 "reason_sc_accuracy", "status")
+TABLE_COLUMNS = ("name", "num_seeds", "total_params", "active_params", "top_k",
+                 "final_eval_loss", "mem_train_accuracy", "mem_accuracy", "reason_accuracy",
+                 "reason_task_loss", "reason_sc*_accuracy", "status")
+# Metrics whose intervals and seed spread summary.json lists per model.
+_INTERVAL_METRICS = re.compile(r"^(mem_train|mem|reason_train|reason)_"
+                               r"(accuracy|sc\d+_accuracy|pass_at_\d+)$")
 
 
 def wilson_interval(accuracy: float, count: float, z: float = 1.96) -> tuple[float, float]:
@@ -25,7 +35,17 @@ def wilson_interval(accuracy: float, count: float, z: float = 1.96) -> tuple[flo
   return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _cell(value: Any) -> str:
+def table_columns(df: pd.DataFrame, patterns=TABLE_COLUMNS) -> list[str]:
+  """Columns of ``df`` matching ``patterns`` (``*`` = digits), in pattern order, n ascending."""
+  out = []
+  for pattern in patterns:
+    regex = re.compile("^" + re.escape(pattern).replace(r"\*", r"(\d+)") + "$")
+    found = [(c, regex.match(c)) for c in df.columns if regex.match(c)]
+    out += [c for c, m in sorted(found, key=lambda f: [int(g) for g in f[1].groups()])]
+  return out
+
+
+def _number(value: Any) -> str:
   if isinstance(value, (float, np.floating)):
     return "" if not np.isfinite(value) else f"{value:.4g}"
   if isinstance(value, (int, np.integer)) and abs(value) >= 10_000:
@@ -33,53 +53,109 @@ def _cell(value: Any) -> str:
   return str(value)
 
 
-def markdown_table(df: pd.DataFrame, columns=TABLE_COLUMNS) -> str:
-  columns = [c for c in columns if c in df.columns]
+def _cell(row: pd.Series, column: str) -> str:
+  text = _number(row[column])
+  lo, hi = row.get(f"{column}_lo"), row.get(f"{column}_hi")
+  if text and lo is not None and np.isfinite(lo) and np.isfinite(hi):
+    text += f" [{lo:.3g}, {hi:.3g}]"
+  sd = row.get(f"{column}_seed_sd")
+  if text and sd is not None and np.isfinite(sd) and row.get("num_seeds", 1) > 1:
+    text += f" ± {sd:.2g}"
+  return text
+
+
+def markdown_table(df: pd.DataFrame, columns=None) -> str:
+  columns = table_columns(df) if columns is None else [c for c in columns if c in df.columns]
   lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   for _, row in df.iterrows():
-    lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
+    lines.append("| " + " | ".join(_cell(row, c) for c in columns) + " |")
   return "\n".join(lines)
 
 
-def accuracy_intervals(df: pd.DataFrame) -> dict[str, dict[str, list[float]]]:
-  """Per run, Wilson intervals of each accuracy that has an item count beside it."""
-  out: dict[str, dict[str, list[float]]] = {}
-  for _, row in df.iterrows():
-    for metric, count_col in (("mem_train_accuracy", "mem_train_count"),
-                              ("mem_accuracy", "mem_count"),
-                              ("reason_accuracy", "reason_count")):
-      if metric in row and count_col in row and pd.notna(row[metric]):
-        out.setdefault(row["name"], {})[metric] = list(
-            wilson_interval(float(row[metric]), float(row[count_col])))
+def accuracy_intervals(models: pd.DataFrame) -> dict[str, dict[str, dict]]:
+  """Per model and accuracy: estimate, bootstrap interval over items, spread over seeds.
+
+  Without per-item results (runs evaluated before eval_items.npz existed), the interval is
+  the Wilson score interval of the count of items (``method`` says which).
+  """
+  out: dict[str, dict[str, dict]] = {}
+  for _, row in models.iterrows():
+    for metric in (c for c in models.columns if _INTERVAL_METRICS.match(c)):
+      if pd.isna(row[metric]):
+        continue
+      entry = {"estimate": float(row[metric]), "num_seeds": int(row.get("num_seeds", 1)),
+               "seed_sd": float(row.get(f"{metric}_seed_sd", np.nan))}
+      if pd.notna(row.get(f"{metric}_lo", np.nan)):
+        entry.update(ci=[float(row[f"{metric}_lo"]), float(row[f"{metric}_hi"])],
+                     method="bootstrap")
+      else:
+        count = row.get(f"{_INTERVAL_METRICS.match(metric).group(1)}_count", np.nan)
+        entry.update(ci=list(wilson_interval(float(row[metric]), float(count))),
+                     method="wilson")
+      out.setdefault(row["name"], {})[metric] = entry
   return out
 
 
-def write(workdir: str, df: pd.DataFrame, verdicts: list[dict], figures: dict[str, dict],
-          fits: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-  """Writes DIR/report.md and DIR/summary.json; returns the summary."""
-  memorization = next(v for v in verdicts if v["finding"] == 2)
-  summary = {
-      "memorization_spearman_total_params": memorization["numbers"].get("mean_spearman"),
-      "verdicts": verdicts, "fits": fits, "accuracy_intervals": accuracy_intervals(df),
-      "runs": int(len(df)), "runs_done": int((df["status"] == "done").sum()), **extra,
-  }
+def _json_safe(value: Any) -> Any:
+  """``value`` with non-finite floats as None (strict JSON) and numpy scalars unwrapped."""
+  if isinstance(value, dict):
+    return {str(k): _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  if isinstance(value, np.generic):
+    value = value.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def write(workdir: str, runs: pd.DataFrame, models: pd.DataFrame, verdicts: list[dict],
+          figures: dict[str, dict], fits: dict[str, Any],
+          extra: dict[str, Any]) -> dict[str, Any]:
+  """Writes DIR/report.md and DIR/summary.json; returns the summary.
+
+  Args:
+    workdir: the study directory.
+    runs: the sweep's results table (one row per run, every status).
+    models: the finished runs' model table (``seeds.by_model``, with interval columns).
+    verdicts: ``verdicts.all_verdicts``.
+    figures: ``make_study_figures``' {name: paths or {"skipped": reason}}.
+    fits: fitted laws.
+    extra: more summary keys (preset, wall_time_s, intervals settings, ...).
+  """
+  memorization = next(v for v in verdicts if v["finding"] == 2)["numbers"]
+  summary = _json_safe({
+      "memorization_spearman_total_params": memorization.get("mean_spearman"),
+      "memorization_spearman_total_params_ci": memorization.get("mean_spearman_ci",
+                                                                [None, None]),
+      "verdicts": verdicts, "fits": fits, "accuracy_intervals": accuracy_intervals(models),
+      "runs": int(len(runs)), "runs_done": int((runs["status"] == "done").sum()),
+      "models": int(len(models)), **extra,
+  })
   with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2, default=float)
+    json.dump(summary, f, indent=2)
   lines = ["# Optimal sparsity of MoE LMs: memorization vs reasoning (tiny reproduction)", "",
            f"Preset `{extra.get('preset')}`, {summary['runs_done']} of {summary['runs']} runs "
-           f"done, wall time {extra.get('wall_time_s', float('nan')):.0f} s.", "",
+           f"done ({summary['models']} models), wall time "
+           f"{extra.get('wall_time_s', float('nan')):.0f} s.", "",
            "## Findings (RESEARCH.md section 1)", ""]
   for v in verdicts:
     lines.append(f"{v['finding']}. **{v['verdict']}**: {v['statement']}")
-  lines += ["", "## Fits", "", "```", json.dumps(fits, indent=2, default=float), "```", "",
+  lines += ["", "## Fits", "", "```", json.dumps(_json_safe(fits), indent=2), "```", "",
             "## Figures", ""]
   for name, paths in figures.items():
     if "png" in paths:
       lines.append(f"![{name}]({os.path.relpath(paths['png'], workdir)})")
     else:
       lines.append(f"- {name}: skipped ({paths.get('skipped')})")
-  lines += ["", "## Runs", "", markdown_table(df), "",
-            "Accuracy intervals (95% Wilson, over evaluation items) are in summary.json."]
+  unfinished = runs[runs["status"] != "done"]
+  lines += ["", "## Models", "", markdown_table(models), "",
+            "Accuracies and task losses: estimate [95% percentile-bootstrap interval over "
+            "evaluation items] ± standard deviation over seeds (with several seeds; the "
+            "estimate is then the seed mean). summary.json lists every interval."]
+  if len(unfinished):
+    lines += ["", "Unfinished runs: " + ", ".join(
+        f"{r['name']} ({r['status']})" for _, r in unfinished.iterrows()) + "."]
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   return summary

@@ -1,9 +1,18 @@
-"""One verdict per finding of RESEARCH.md section 1, computed from a sweep's results table.
+"""One verdict per finding of RESEARCH.md section 1, computed from the study's model table.
 
-Each verdict is ``{"finding", "verdict", "numbers", "statement"}`` where ``verdict`` is
-"reproduced", "not reproduced", "inconclusive" or "not tested"; the statement is plain text
-with the numbers. Families are runs of equal active parameters (``family`` column, e.g.
-``d64-k1``): within one, total parameters grow with the number of experts.
+The table has one row per model (``seeds.by_model``: metrics averaged over seeds), so seeds
+are never counted as different total sizes. Each verdict is ``{"finding", "verdict",
+"numbers", "statement"}`` where ``verdict`` is "reproduced", "not reproduced",
+"inconclusive" or "not tested"; the statement is plain text with the numbers. Families are
+models of equal active parameters (``family`` column, e.g. ``d64-k1``): within one, total
+parameters grow with the number of experts.
+
+With an ``intervals.ItemBootstrap`` (per-item results of the runs), statistics built from
+accuracies get 95% percentile-bootstrap intervals over evaluation items, and a statistic
+compared with a threshold is "inconclusive" when its interval holds values on both sides of
+the threshold (the items cannot tell). Intervals cover item sampling only, not seeds.
+Correlations of constant accuracies (e.g. all zero) are undefined, not zero: such families
+are left out, and a finding with none left is "inconclusive".
 
 Memorization accuracy here is QA accuracy on facts whose QA pairs were in the training text
 (``mem_train_accuracy``): a tiny model cannot yet extract facts it saw only in biographies
@@ -19,7 +28,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.results_schema import sc_accuracy_columns
+from moejax.study.intervals import ItemBootstrap, rank_correlation
+
 MEMORIZATION_COL = "mem_train_accuracy"
+ORDER_KEPT = 0.5  # Spearman between the models' accuracies at the smallest and largest n
 
 
 def families(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -32,17 +45,61 @@ def families(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def family_spearman(df: pd.DataFrame, column: str) -> dict[str, float]:
-  """Spearman correlation of ``column`` with total parameters, per family."""
+  """Spearman correlation of ``column`` with total parameters, per family (NaN when the
+  column is constant within the family)."""
   out = {}
   for group, runs in families(df).items():
     if column in runs and runs[column].notna().sum() >= 3:
-      rho = stats.spearmanr(runs["total_params"], runs[column], nan_policy="omit").statistic
-      out[group] = float(rho) if np.isfinite(rho) else 0.0
+      rho = (stats.spearmanr(runs["total_params"], runs[column], nan_policy="omit").statistic
+             if runs[column].nunique() > 1 else np.nan)
+      out[group] = float(rho)
   return out
 
 
 def _mean(values: dict[str, float]) -> float:
-  return float(np.mean(list(values.values()))) if values else float("nan")
+  finite = [v for v in values.values() if np.isfinite(v)]
+  return float(np.mean(finite)) if finite else float("nan")
+
+
+def spearman_intervals(df: pd.DataFrame, column: str,
+                       boot: ItemBootstrap | None) -> dict[str, dict]:
+  """Bootstrap intervals of ``family_spearman`` per family and of their mean ("mean"):
+  items are resampled jointly for all models, and resamples where a correlation is undefined
+  (ties everywhere) are left out of its interval."""
+  rhos = family_spearman(df, column)
+  fams = families(df)
+  reps = {g: boot.replicates_of(column, fams[g]["name"]) if boot is not None else None
+          for g in rhos}
+  empty = {"estimate": float("nan"), "se": float("nan"), "ci": [float("nan"), float("nan")]}
+  if not rhos or any(r is None for r in reps.values()):
+    return {**{g: {**empty, "estimate": r} for g, r in rhos.items()},
+            "mean": {**empty, "estimate": _mean(rhos)}}
+  per_family = {g: rank_correlation(fams[g]["total_params"].to_numpy(float), reps[g])
+                for g in rhos}
+  out = {g: boot.interval(rhos[g], reps) for g, reps in per_family.items()}
+  out["mean"] = boot.interval(_mean(rhos), pd.DataFrame(per_family).mean(axis=1).to_numpy())
+  return out
+
+
+def _against(estimate: float, ci, threshold: float) -> str:
+  """"reproduced" when ``estimate`` >= ``threshold``, else "not reproduced"; "inconclusive"
+  when the estimate is undefined or its interval holds values on both sides of the
+  threshold."""
+  if not np.isfinite(estimate):
+    return "inconclusive"
+  lo, hi = ci
+  if np.isfinite(lo) and np.isfinite(hi) and lo < threshold <= hi:
+    return "inconclusive"
+  return "reproduced" if estimate >= threshold else "not reproduced"
+
+
+def _rho_text(rho: float) -> str:
+  return f"{rho:+.2f}" if np.isfinite(rho) else "undefined"
+
+
+def _ci_text(ci) -> str:
+  lo, hi = ci
+  return f" [95% CI {lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
 
 
 def _verdict(finding: int, verdict: str, statement: str, **numbers) -> dict[str, Any]:
@@ -54,30 +111,43 @@ def loss_vs_total(df: pd.DataFrame) -> dict[str, Any]:
   if not rhos:
     return _verdict(1, "inconclusive", "No family has three total sizes.")
   mean = _mean(rhos)
-  verdict = "reproduced" if mean <= -0.5 else "not reproduced"
+  verdict = ("inconclusive" if not np.isfinite(mean)
+             else "reproduced" if mean <= -0.5 else "not reproduced")
   return _verdict(1, verdict, f"Held-out pre-training loss vs total parameters at fixed active "
                   f"parameters: mean Spearman {mean:+.2f} over {len(rhos)} families "
                   "(negative = loss falls as total parameters grow).", spearman=rhos,
                   mean_spearman=mean)
 
 
-def memorization_vs_total(df: pd.DataFrame) -> dict[str, Any]:
+def memorization_vs_total(df: pd.DataFrame, boot: ItemBootstrap | None = None
+                          ) -> dict[str, Any]:
   rhos = family_spearman(df, MEMORIZATION_COL)
   test_rhos = family_spearman(df, "mem_accuracy")
   if not rhos:
-    return _verdict(2, "inconclusive", "No memorization accuracy was measured.")
-  mean = _mean(rhos)
-  verdict = "reproduced" if mean >= 0.8 else "not reproduced"
-  return _verdict(2, verdict, f"Memorization QA accuracy vs total parameters at fixed active "
-                  f"parameters: mean Spearman {mean:+.2f} over {len(rhos)} families (held-out "
-                  f"biography-only facts: {_mean(test_rhos):+.2f}).", spearman=rhos,
-                  mean_spearman=mean, test_split_spearman=test_rhos)
+    return _verdict(2, "inconclusive", "No memorization accuracy was measured.",
+                    mean_spearman=float("nan"), mean_spearman_ci=[float("nan")] * 2)
+  intervals = spearman_intervals(df, MEMORIZATION_COL, boot)
+  mean, ci = intervals["mean"]["estimate"], intervals["mean"]["ci"]
+  defined = sum(np.isfinite(r) for r in rhos.values())
+  if not defined:
+    return _verdict(2, "inconclusive", "Memorization QA accuracy is constant within every "
+                    f"family ({len(rhos)}; e.g. all zero): no trend with total parameters to "
+                    "rank.", spearman=rhos, mean_spearman=mean, mean_spearman_ci=ci)
+  return _verdict(2, _against(mean, ci, 0.8), f"Memorization QA accuracy vs total parameters "
+                  f"at fixed active parameters: mean Spearman {mean:+.2f}{_ci_text(ci)} over "
+                  f"{defined} families (held-out biography-only facts: "
+                  f"{_rho_text(_mean(test_rhos))}); reproduced at >= +0.80.", spearman=rhos,
+                  spearman_ci={g: v["ci"] for g, v in intervals.items() if g != "mean"},
+                  mean_spearman=mean, mean_spearman_ci=ci, test_split_spearman=test_rhos)
 
 
 def reasoning_vs_total(df: pd.DataFrame) -> dict[str, Any]:
   rhos = family_spearman(df, "reason_accuracy")
   if not rhos:
     return _verdict(3, "inconclusive", "No reasoning accuracy was measured.")
+  if not any(np.isfinite(r) for r in rhos.values()):
+    return _verdict(3, "inconclusive", "Reasoning accuracy is constant within every family "
+                    f"({len(rhos)}; e.g. all zero): no shape to read.", spearman=rhos)
   interior_peaks, u_shapes = 0, 0
   for runs in families(df).values():
     acc = runs["reason_accuracy"].to_numpy()
@@ -125,19 +195,74 @@ def iso_flop(df: pd.DataFrame) -> dict[str, Any]:
   return _verdict(5, "inconclusive", "Iso-FLOP runs present; see the iso-FLOP figure.")
 
 
-def test_time_compute(df: pd.DataFrame) -> dict[str, Any]:
-  sc_cols = [c for c in df.columns if c == "reason_sc_accuracy"]
-  if not sc_cols or df["reason_sc_accuracy"].isna().all():
-    return _verdict(6, "not tested", "No self-consistency evaluation ran; GRPO post-training is "
-                    "not implemented yet.")
-  runs = df.dropna(subset=["reason_accuracy", "reason_sc_accuracy"])
-  gain = float((runs["reason_sc_accuracy"] - runs["reason_accuracy"]).mean())
-  rho = float(stats.spearmanr(runs["reason_accuracy"], runs["reason_sc_accuracy"]).statistic)
-  verdict = "reproduced" if gain >= 0 and rho >= 0.5 else "inconclusive"
-  return _verdict(6, verdict, f"Self-consistency changed reasoning accuracy by {gain:+.3f} on "
-                  f"average and kept the models' order (Spearman {rho:+.2f} between greedy and "
-                  "voted accuracy). GRPO post-training is not implemented yet.", mean_gain=gain,
-                  order_spearman=rho)
+def _sparsest_deficits(df: pd.DataFrame, column: str) -> dict[str, float]:
+  """Per family (>= 2 sparsity levels): best accuracy minus the sparsest model's accuracy."""
+  out = {}
+  for group, runs in df.groupby("family"):
+    sparsity = 1 - runs["top_k"] / runs["num_experts"].clip(lower=1)
+    if sparsity.nunique() >= 2:
+      out[str(group)] = float(runs[column].max() - runs.loc[sparsity.idxmax(), column])
+  return out
+
+
+def test_time_compute(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dict[str, Any]:
+  """Finding 6 (self-consistency part): majority vote over more samples raises reasoning
+  accuracy but keeps the models' order, and does not lift the sparsest model of a family."""
+  cols = sc_accuracy_columns(df)
+  ns = list(cols)
+  grpo = " GRPO post-training is not part of this verdict."
+  if len(ns) < 2:
+    return _verdict(6, "not tested", "Self-consistency was not evaluated at two or more n "
+                    "(config.eval.sc_samples, config.eval.sc_ns)." + grpo)
+  runs = df.dropna(subset=list(cols.values()))
+  if len(runs) < 2:
+    return _verdict(6, "inconclusive", "Fewer than two models have self-consistency results."
+                    + grpo)
+  lo_n, hi_n = ns[0], ns[-1]
+  acc = {n: runs[c].to_numpy(float) for n, c in cols.items()}
+  reps = {n: boot.replicates_of(c, runs["name"]) if boot is not None else None
+          for n, c in cols.items()}
+  mean_by_n = {n: float(a.mean()) for n, a in acc.items()}
+  gain = mean_by_n[hi_n] - mean_by_n[lo_n]
+  paired = reps[lo_n] is not None and reps[hi_n] is not None
+  gain_ci = (boot.interval(gain, (reps[hi_n] - reps[lo_n]).mean(axis=0))["ci"] if paired
+             else [float("nan")] * 2)
+  order = {n: float(rank_correlation(acc[lo_n], acc[n][:, None])[0]) for n in ns}
+  order_ci = (boot.interval(order[hi_n], np.array([
+      rank_correlation(x, y[:, None])[0] for x, y in zip(reps[lo_n].T, reps[hi_n].T)]))["ci"]
+              if paired else [float("nan")] * 2)
+  deficits = {n: _sparsest_deficits(runs, cols[n]) for n in (lo_n, hi_n)}
+  trailed = [g for g, d in deficits[lo_n].items() if d > 0]
+  rescued = sorted(g for g in trailed if deficits[hi_n][g] <= 0)
+  ranking = {n: runs.sort_values(c, ascending=False, kind="stable")["name"].tolist()
+             for n, c in cols.items()}
+  raises = gain_ci[0] > 0 if np.isfinite(gain_ci[0]) else gain > 0
+  lowers = gain_ci[1] < 0 if np.isfinite(gain_ci[1]) else gain < 0
+  why = ""
+  if not np.isfinite(order[hi_n]):
+    verdict = "inconclusive"
+    why = " Accuracies are equal across models at some n (e.g. all zero): no order to compare."
+  elif raises and (order[hi_n] < ORDER_KEPT or rescued):
+    verdict = "not reproduced"
+  elif raises:
+    verdict = "reproduced"
+  else:
+    verdict = "not reproduced" if lowers else "inconclusive"
+  curve = ", ".join(f"n={n}: {mean_by_n[n]:.3f}" for n in ns)
+  statement = (f"Majority vote over n sampled answers (mean reasoning accuracy over "
+               f"{len(runs)} models: {curve}; greedy "
+               f"{runs.get('reason_accuracy', pd.Series(np.nan)).mean():.3f}) changed accuracy "
+               f"by {gain:+.3f}"
+               f"{_ci_text(gain_ci)} from n={lo_n} to n={hi_n}; the models' order at n={hi_n} "
+               f"vs n={lo_n} has Spearman {_rho_text(order[hi_n])}{_ci_text(order_ci)} (kept "
+               f"at >= "
+               f"{ORDER_KEPT:+.2f}); the sparsest model of a family became its best in "
+               f"{len(rescued)} of {len(trailed)} families where it trailed at n={lo_n}."
+               f"{why}{grpo}")
+  return _verdict(6, verdict, statement, ns=ns, mean_accuracy_by_n=mean_by_n, mean_gain=gain,
+                  mean_gain_ci=gain_ci, order_spearman_by_n=order, order_spearman=order[hi_n],
+                  order_spearman_ci=order_ci, sparsest_deficit_by_n=deficits,
+                  rescued_families=rescued, ranking_by_n=ranking)
 
 
 def hyperparameters(df: pd.DataFrame) -> dict[str, Any]:
@@ -149,7 +274,11 @@ def hyperparameters(df: pd.DataFrame) -> dict[str, Any]:
 FINDINGS: tuple[Callable[[pd.DataFrame], dict[str, Any]], ...] = (
     loss_vs_total, memorization_vs_total, reasoning_vs_total, top_k_effect, iso_flop,
     test_time_compute, hyperparameters)
+_WITH_INTERVALS = (memorization_vs_total, test_time_compute)
 
 
-def all_verdicts(df: pd.DataFrame) -> list[dict[str, Any]]:
-  return [finding(df) for finding in FINDINGS]
+def all_verdicts(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> list[dict[str, Any]]:
+  """Every finding's verdict from the model table (``seeds.by_model``); ``boot`` adds
+  intervals over evaluation items."""
+  return [finding(df, boot) if finding in _WITH_INTERVALS else finding(df)
+          for finding in FINDINGS]

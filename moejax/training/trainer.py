@@ -1,8 +1,10 @@
 """The training loop: validate, build (sharded), resume, train, checkpoint, evaluate, report.
 
 Outputs in the workdir (DESIGN.md contract): config.json, metrics.jsonl, checkpoints/ (orbax),
-tensorboard/, eval.json. Re-running the same command on the same workdir resumes from the last
-checkpoint and reproduces the uninterrupted run's per-step losses exactly (same machine).
+tensorboard/, eval.json, and eval_items.npz (per-item results of the suite evaluation, for
+intervals over items) when suites are evaluated. Re-running the same command on the same
+workdir resumes from the last checkpoint and reproduces the uninterrupted run's per-step losses
+exactly (same machine).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.close()
     state = holder["state"]
     eval_loss = evaluate(eval_step, state, eval_source, batch_sharding, config.train.eval_batches)
-    suite_metrics = evaluate_run_suites(config, graphdef, state)
+    suite_metrics = evaluate_run_suites(config, graphdef, state,
+                                        items_dir=workdir if is_lead else None)
 
   results = {**counting.summary(config), "eval_loss": eval_loss,
              "eval_perplexity": float(np.exp(eval_loss)), "final_train_loss": final_loss,
@@ -136,19 +139,26 @@ def _log(writer, bar, step, metrics, tokens_per_s) -> float:
   return row["loss"]
 
 
-def evaluate_run_suites(config: ml_collections.ConfigDict, graphdef, state) -> dict:
+def evaluate_run_suites(config: ml_collections.ConfigDict, graphdef, state,
+                        items_dir: str | None = None) -> dict:
   """Generation-based metrics on the data suites (memorization QA, reasoning), when trained on
-  them; single-process only (generation gathers results on the host)."""
+  them; single-process only (generation gathers results on the host). With ``items_dir``, the
+  per-item results are written there (``suite_metrics.ITEMS_FILENAME``)."""
   if config.data.source != "suites" or not config.eval.suites or jax.process_count() > 1:
     return {}
   from moejax.data import layout  # pylint: disable=import-outside-toplevel
-  from moejax.evaluation.suite_metrics import evaluate_suites  # pylint: disable=import-outside-toplevel
+  from moejax.evaluation import suite_metrics  # pylint: disable=import-outside-toplevel
   counts = counting.count_params(config.model)
-  return evaluate_suites(state, None, config.data.preset,
-                         config.data.data_dir or layout.default_data_dir(), graphdef=graphdef,
-                         max_items=config.eval.max_items or None,
-                         batch_size=config.eval.batch_size, sc_samples=config.eval.sc_samples,
-                         num_params=counts[0], progress=config.train.progress_bar)
+  per_item = {}
+  out = suite_metrics.evaluate_suites(
+      state, None, config.data.preset, config.data.data_dir or layout.default_data_dir(),
+      graphdef=graphdef, max_items=config.eval.max_items or None,
+      batch_size=config.eval.batch_size, sc_samples=config.eval.sc_samples,
+      sc_ns=tuple(config.eval.get("sc_ns", ())), num_params=counts[0],
+      progress=config.train.progress_bar, per_item=per_item)
+  if items_dir:
+    suite_metrics.save_items(os.path.join(items_dir, suite_metrics.ITEMS_FILENAME), per_item)
+  return out
 
 
 def _throughput(workdir: str) -> dict:
