@@ -109,7 +109,7 @@ class ItemBootstrap:
     self.items = items
     self.num_resamples, self.seed, self.level = num_resamples, seed, level
     self._cache: dict[str, np.ndarray | None] = {}
-    self._counts: dict[str, np.ndarray] = {}
+    self._counts: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # split: (uids_N, counts_BN)
 
   def settings(self) -> dict:
     return {"method": "percentile bootstrap over evaluation items (resampled jointly for all "
