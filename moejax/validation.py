@@ -81,6 +81,9 @@ def _validate_router(m: ml_collections.ConfigDict, prefix: str):
              f"not {router!r}")
     _require(m.top_k_decay_steps >= 0,
              f"{prefix}.top_k_decay_steps={m.top_k_decay_steps} must be >= 0")
+    _require(m.top_k_decay_steps > 0 or initial == m.top_k,
+             f"{prefix}.top_k_decay_steps={m.top_k_decay_steps} must be > 0 for a schedule "
+             f"from {prefix}.initial_top_k={initial} to {prefix}.top_k={m.top_k}")
   granularity = m.get("granularity", 1)
   _require(granularity >= 1 and (2 * m.d_model) % granularity == 0,
            f"{prefix}.granularity={granularity} must be >= 1 and divide 2 * {prefix}.d_model")
@@ -128,4 +131,9 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> dict[st
            f"config.optim.warmup_steps={config.optim.warmup_steps} must be < "
            f"config.train.steps={config.train.steps}")
   _require(config.optim.lr > 0, f"config.optim.lr={config.optim.lr} must be > 0")
+  if config.model.moe_every and config.model.get("initial_top_k") is not None:
+    _require(config.model.top_k_decay_steps <= config.train.steps,
+             f"config.model.top_k_decay_steps={config.model.top_k_decay_steps} must be <= "
+             f"config.train.steps={config.train.steps} (training must end at top_k, the k "
+             "evaluation uses)")
   return sizes

@@ -111,6 +111,46 @@ def test_sorted_runs_eagerly(experts):
                              atol=1e-6)
 
 
+def test_sorted_overflow_leaks_no_tracer_in_scanned_rematerialised_layers(experts):
+  """Regression (an UnexpectedTracerError once seen in a sweep): an earlier overflow pass had a
+  custom VJP closing over its traced branch index, which escaped when the backward pass ran in
+  another trace than the forward, as in a scanned or rematerialised layer."""
+  routing = ROUTINGS["all_on_one_expert"]()  # overflows: both block passes run
+  graphdef, weights = nnx.split(experts)
+  x_TD = jax.random.normal(jax.random.key(3), (T, D))
+
+  def loss(x_TD, weights, strategy_fn):
+    return jnp.sum(jnp.sin(strategy_fn(x_TD, routing, nnx.merge(graphdef, weights))))
+
+  def two_layers(x_TD, weights, strategy_fn):
+    layer = jax.checkpoint(lambda total, _: (total + loss(x_TD, weights, strategy_fn), None))
+    return jax.lax.scan(layer, 0.0, None, length=2)[0]
+
+  sorted_fn = lambda x, r, e: dispatch("sorted", x, r, e, block_rows=1)[0]
+  with jax.checking_leaks():
+    grads = fast_jit(jax.grad(two_layers, argnums=(0, 1)), static_argnums=2)(x_TD, weights,
+                                                                             sorted_fn)
+  expected = fast_jit(jax.grad(two_layers, argnums=(0, 1)), static_argnums=2)(
+      x_TD, weights, per_token_reference)
+  for g_s, g_r in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(g_s, g_r, rtol=1e-4, atol=1e-5)
+
+
+def test_sorted_refuses_experts_holding_a_traced_plain_attribute(experts):
+  """Such an attribute would sit in the graphdef, a static argument of the custom VJP, and
+  leak into the backward pass; the dispatch says so instead."""
+  graphdef, weights = nnx.split(experts)
+  routing = ROUTINGS["all_on_one_expert"]()
+
+  def loss(x_TD, weights):
+    module = nnx.merge(graphdef, weights)
+    module.scale = jnp.mean(x_TD)  # not a Variable
+    return jnp.sum(dispatch("sorted", x_TD, routing, module)[0])
+
+  with pytest.raises(TypeError, match="unhashable attribute outside an nnx.Variable"):
+    jax.jit(jax.grad(loss))(jnp.ones((T, D)), weights)
+
+
 def test_gelu_experts_agree_across_strategies():
   gelu = build(lambda: GeluExperts(E, D, F, rngs=nnx.Rngs(1)))
   routing = ROUTINGS["random_top2"]()

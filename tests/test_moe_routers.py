@@ -8,7 +8,7 @@ from flax import nnx
 
 from moejax.moe import losses
 from moejax.moe import routers as R
-from moejax.moe.layer import MoELayer, MoEStep, is_moe_layer, set_moe_step
+from moejax.moe.layer import EXPERT_LOAD, MoELayer, is_moe_layer, set_moe_step
 from tests.test_moe import build, fast_jit
 
 T, E = 64, 8
@@ -180,12 +180,18 @@ def test_moe_layer_runs_every_router(router, options):
 
   y_BSD, aux, new_state = forward(state, jax.random.normal(jax.random.key(1), (2, 16, 16)))
   assert y_BSD.shape == (2, 16, 16) and np.isfinite(y_BSD).all()
+  load_E = aux.pop(EXPERT_LOAD, None)
   assert all(np.isfinite(v) and v.shape == () for v in aux.values())
   assert {"load_balance_loss", "router_z_loss", "max_load", "dropped_fraction"} <= set(aux)
   extra = {"noisy_top_k": {"load_loss", "importance_loss"}, "relu": {"router_sparsity_loss"}}
   assert extra.get(router, set()) <= set(aux)
-  if "bias_update_rate" in options:  # the forward pass moved the aux-free bias
-    assert np.abs(new_state["router_bias"][...]).sum() > 0
+  assert (load_E is not None) == ("bias_update_rate" in options)
+  if "bias_update_rate" in options:  # the forward pass returns the load, the bias is untouched
+    assert load_E.shape == (E,) and float(load_E.sum()) == 2 * 16 * 2
+    np.testing.assert_array_equal(new_state["router_bias"][...], 0.0)
+    layer.update_bias(load_E)
+    np.testing.assert_allclose(layer.router_bias[...],
+                               1e-2 * np.sign(load_E.mean() - load_E), rtol=1e-6)
   if "top_k_schedule" in options:
     assert float(aux["top_k"]) == 4.0 and "chunk_sparsity" in aux
 
@@ -207,40 +213,34 @@ def test_noise_follows_the_step_and_eval_is_deterministic():
   np.testing.assert_array_equal(experts_at(3), experts_at(4))
 
 
-def test_lm_train_step_pattern_keeps_bias_and_schedule_state(smoke_config):
-  """The wiring the train step needs: set the step, merge with copy=True, keep the state."""
+def test_lm_returns_per_layer_loads_and_updates_each_layers_bias(smoke_config):
+  """The scanned LM keeps ``expert_load`` per layer [L, E] (everything else is averaged) and
+  ``update_router_biases`` moves each layer's stacked bias by its own load."""
   from moejax.models.lm import MoELM  # pylint: disable=import-outside-toplevel
   cfg = smoke_config.model.copy_and_resolve_references()
   cfg.update(router="sigmoid_top_k", router_bias_update_rate=0.01, initial_top_k=3,
-             top_k_decay_steps=10, dispatch="einsum")  # smoke: E=4, k=2
+             top_k_decay_steps=10, dispatch="einsum")  # smoke: E=4, k=2, 2 layers
   graphdef, params, model_state = nnx.split(build(lambda: MoELM(cfg, rngs=nnx.Rngs(0))),
                                             nnx.Param, ...)
-  assert jax.tree.leaves(model_state)  # the bias and the step are non-Param state
   ids = jnp.asarray(np.random.default_rng(0).integers(1, cfg.vocab_size, (2, 16)), jnp.int32)
 
   @fast_jit
-  def train_step(params, model_state, step):
-    model_state = set_moe_step(model_state, step)
+  def forward_and_update(model_state, step):
+    model = nnx.merge(graphdef, params, set_moe_step(model_state, step), copy=True)
+    _, aux = model(ids)
+    bias_after_forward_LE = model.groups.moe_block.ffn.router_bias[...]
+    model.update_router_biases(aux[EXPERT_LOAD])
+    return aux, bias_after_forward_LE, nnx.state(model, nnx.Not(nnx.Param))
 
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, model_state, copy=True)
-      logits, aux = model(ids)
-      return jnp.mean(logits ** 2) + aux["load_balance_loss"], (aux, nnx.state(model,
-                                                                               nnx.Not(nnx.Param)))
-
-    (_, (aux, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return aux, new_state, grads
-
-  aux, new_state, grads = train_step(params, model_state, 0)
-  assert float(aux["top_k"]) == 3.0 and np.isfinite(jax.tree.leaves(grads)[0]).all()
-  biases = [v for path, v in jax.tree.leaves_with_path(new_state)
-            if "router_bias" in jax.tree_util.keystr(path)]
-  assert biases and np.abs(np.asarray(biases[0])).sum() > 0
-  aux, _, _ = train_step(params, new_state, 10)
-  assert float(aux["top_k"]) == 2.0
-  steps = [v for v in jax.tree.leaves(set_moe_step(new_state, 7), is_leaf=lambda v: isinstance(
-      v, MoEStep)) if isinstance(v, MoEStep)]
-  assert steps and all((np.asarray(v[...]) == 7).all() for v in steps)
+  aux, bias_after_forward_LE, updated = forward_and_update(model_state, 0)
+  load_LE = np.asarray(aux[EXPERT_LOAD])
+  assert load_LE.shape == (2, 4) and (load_LE.sum(-1) == 2 * 16 * 3).all()  # k = 3 at step 0
+  assert float(aux["top_k"]) == 3.0 and aux["max_load"].shape == ()
+  np.testing.assert_array_equal(bias_after_forward_LE, 0.0)  # the forward pass mutates nothing
+  expected_LE = 0.01 * np.sign(load_LE.mean(-1, keepdims=True) - load_LE)
+  np.testing.assert_allclose(updated["groups"]["moe_block"]["ffn"]["router_bias"][...],
+                             expected_LE, rtol=1e-6)
+  assert float(forward_and_update(updated, 10)[0]["top_k"]) == 2.0
 
 
 def test_is_moe_layer_patterns():

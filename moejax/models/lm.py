@@ -29,7 +29,7 @@ from moejax.layers.attention import Attention, attention_mask, cache_attention_m
 from moejax.layers.embeddings import Embed, OutputHead
 from moejax.layers.mlp import SwiGLU
 from moejax.layers.norms import RMSNorm
-from moejax.moe.layer import MoELayer
+from moejax.moe.layer import EXPERT_LOAD, MoELayer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -145,8 +145,9 @@ class KVCache:
 
 
 class MoELM(nnx.Module):
-  """The language model. ``__call__`` returns float32 logits [B, T, V] and the aux dict
-  (each MoE loss/metric averaged over the MoE layers)."""
+  """The language model. ``__call__`` returns float32 logits [B, T, V] and the aux dict: each
+  MoE loss/metric averaged over the MoE layers, except ``expert_load`` [L, E] (per layer, with
+  aux-free balancing), which the train step hands to ``update_router_biases``."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     dtypes = {"param_dtype": DTYPES[cfg.param_dtype], "dtype": DTYPES[cfg.dtype]}
@@ -179,8 +180,14 @@ class MoELM(nnx.Module):
     scan = nnx.scan(apply_group, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))
     x_BTD, aux_L = scan(x_BTD, self.groups)
     logits_BTV = self.head(self.final_norm(x_BTD))
-    aux = {name: jnp.mean(values_L) for name, values_L in aux_L.items()}
+    aux = {name: values_L if name == EXPERT_LOAD else jnp.mean(values_L)
+           for name, values_L in aux_L.items()}
     return logits_BTV, aux
+
+  def update_router_biases(self, expert_load_LE):
+    """The aux-free balancing update of every MoE layer's bias [L, E] (stacked over groups)
+    from the step's ``aux["expert_load"]``; call it outside the gradient."""
+    self.groups.moe_block.ffn.update_bias(expert_load_LE)
 
   def init_cache(self, batch: int, num_slots: int, start_B=None) -> KVCache:
     """An empty cache of ``num_slots`` slots; ``start_B`` (default 0) = left padding per row."""

@@ -104,6 +104,27 @@ def _blocks_backward(graphdef, block_rows: int, tables: BlockTables, x_TD, weigh
   return lax.fori_loop(0, tables.num_blocks, body, grads)
 
 
+def split_experts(experts: nnx.Module):
+  """``nnx.split`` of the experts for ``batched_and_blocks``, whose graphdef must be static.
+
+  The graphdef is a non-differentiated argument of the custom VJP, reused by the backward
+  pass, possibly in another trace (a scanned or rematerialised layer). Flax keeps a module's
+  plain array attributes (not in an ``nnx.Variable``) in the graphdef, so a traced one would
+  escape into the backward pass as an ``UnexpectedTracerError``; it is refused here instead
+  (a tracer makes the graphdef unhashable).
+  """
+  graphdef, expert_state = nnx.split(experts)
+  try:
+    hash(graphdef)
+  except TypeError as error:
+    raise TypeError(
+        f"{type(experts).__name__} has an unhashable attribute outside an nnx.Variable (a "
+        "traced array?); the sorted dispatch passes the experts' graphdef to a custom VJP as "
+        "a static argument, so every array must live in a Variable (nnx.Param, ...)"
+    ) from error
+  return graphdef, expert_state
+
+
 def _batched(graphdef, x_ECD, expert_state):
   return nnx.merge(graphdef, expert_state)(x_ECD, batched_matmul)
 

@@ -32,10 +32,9 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from moejax.moe import plan as planning
-from moejax.moe.blocks import BlockTables, batched_and_blocks
+from moejax.moe.blocks import BlockTables, batched_and_blocks, split_experts
 from moejax.moe.experts import batched_matmul
 from moejax.moe.routers import Routing
 
@@ -174,7 +173,7 @@ def sorted_dispatch(x_TD, routing: Routing, experts: ExpertFn, *,
   if dropless and (routing.max_load is None or cap < routing.max_load):
     passes = overflow_passes(num_assign, num_experts, plan, cap, block_rows)
   if passes:
-    graphdef, expert_state = nnx.split(experts)
+    graphdef, expert_state = split_experts(experts)
     block_rows, tables = zip(*passes)
     y_ECD, y_TD = batched_and_blocks(graphdef, tuple(block_rows), x_ECD, x_TD, weights_A,
                                      expert_state, tuple(tables))

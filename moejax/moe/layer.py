@@ -4,10 +4,14 @@ router -> (top-k schedule) -> dispatch (+ experts) -> combine, plus an optional 
 shared-expert branch (DiT-MoE, DeepSeekMoE). Returns its output and a dict of scalar auxiliary
 losses and metrics; the model weighs the losses with coefficients from its config.
 
-Training-time state (never gradients): ``RouterBias`` (aux-loss-free balancing) is updated by
-the forward pass itself when ``bias_update_rate > 0``, so a train step must keep the non-Param
-state the forward pass leaves behind; ``MoEStep`` holds the training step (for the top-k
-schedule and the router noise) and is set by the train step with ``set_moe_step``.
+Training-time state (never gradients), held in the model's non-Param state:
+  ``RouterBias``  aux-loss-free balancing (``bias_update_rate > 0``). The forward pass only reads
+                  it and returns the step's per-expert load as ``aux["expert_load"]`` (the one
+                  non-scalar aux entry); the train step then calls ``update_bias`` with it, after
+                  the gradient (routing as data: the forward pass mutates nothing).
+  ``MoEStep``     the training step, for the top-k schedule and the router noise, set by the
+                  train step with ``set_moe_step``.
+``model.eval()`` (``deterministic``) routes with the final ``top_k`` and no noise.
 
 Axes: B batch, S sequence, T = B*S tokens, D d_model, E experts, K choices, F hidden.
 """
@@ -30,6 +34,7 @@ from moejax.moe.plan import capacity
 
 TOP_K_ROUTERS = ("softmax_top_k", "sigmoid_top_k", "noisy_top_k", "sinkhorn_top_k")
 BIASED_ROUTERS = ("softmax_top_k", "sigmoid_top_k")
+EXPERT_LOAD = "expert_load"  # the aux entry [E] (per-layer, not averaged) the bias update reads
 
 
 class MoEStep(nnx.Variable):
@@ -79,7 +84,7 @@ class MoELayer(nnx.Module):
     noise_std: router noise std for ``noisy_top_k`` (default 1/E).
     sinkhorn_iterations: Sinkhorn steps for ``sinkhorn_top_k``.
     top_k_schedule: (initial_k, decay_steps): route with ``initial_k`` choices and keep
-      ``routers.top_k_at(step, top_k, initial_k, decay_steps)`` of them.
+      ``routers.top_k_at(step, top_k, initial_k, decay_steps)`` of them (``top_k`` in eval).
     balance_per_sequence: compute the balance loss per sequence, then average.
     chunk_size: tokens per chunk for the chunk-level sparsity metric.
     detailed_metrics: add load spread, importance and sparsity metrics to the aux dict.
@@ -120,7 +125,7 @@ class MoELayer(nnx.Module):
     self.balance_per_sequence = balance_per_sequence
     self.chunk_size = chunk_size
     self.detailed_metrics = detailed_metrics
-    self.deterministic = False  # ``model.eval()`` sets it: no router noise, no bias update
+    self.deterministic = False  # ``model.eval()`` sets it: no router noise, the final top_k
 
     self.router = routing_lib.RouterLogits(d_model, num_experts, param_dtype=param_dtype,
                                            rngs=rngs)
@@ -137,8 +142,12 @@ class MoELayer(nnx.Module):
     self.noise_key = (routing_lib.RouterNoiseKey(jax.random.key_data(rngs.params()))
                       if router == "noisy_top_k" else None)
 
+  def _schedule_active(self) -> bool:
+    return self.top_k_schedule is not None and not self.deterministic
+
   def _routed_k(self) -> int:
-    return self.top_k if self.top_k_schedule is None else self.top_k_schedule[0]
+    """The choice slots: the schedule's initial k in training, else (and in eval) top_k."""
+    return self.top_k_schedule[0] if self._schedule_active() else self.top_k
 
   def route(self, x_TD) -> tuple[routing_lib.Routing, dict]:
     """The routing of tokens ``x_TD`` and the router's own losses/metrics."""
@@ -164,10 +173,12 @@ class MoELayer(nnx.Module):
                                            self.renormalize)
     else:  # relu
       routing, aux = routing_lib.relu_routing(logits_TE, self.router_scale)
-    if self.top_k_schedule is not None:
+    if self._schedule_active():
       k_now = routing_lib.top_k_at(self.step[...], self.top_k, *self.top_k_schedule)
       routing = routing_lib.keep_first_choices(routing, k_now, self.renormalize)
       aux["top_k"] = jnp.asarray(k_now, jnp.float32)
+    elif self.top_k_schedule is not None:
+      aux["top_k"] = jnp.asarray(self.top_k, jnp.float32)
     return routing, aux
 
   def _expert_choice_capacity(self, num_tokens: int) -> int:
@@ -200,7 +211,15 @@ class MoELayer(nnx.Module):
     }
     if self.detailed_metrics:
       aux.setdefault("importance_loss", losses.importance_loss(routing))
-    if self.router_bias is not None and not self.deterministic:
-      self.router_bias[...] = losses.aux_free_bias_update(
-          self.router_bias[...], losses.expert_load(routing), self.bias_update_rate)
+    if self.router_bias is not None:
+      aux[EXPERT_LOAD] = losses.expert_load(routing)
     return y_BSD, aux
+
+  def update_bias(self, load_E):
+    """The aux-free balancing step after a training step, from that step's ``aux["expert_load"]``.
+
+    ``load_E`` may carry leading axes matching the bias: a layer stacked by ``nnx.vmap`` has a
+    bias [L, E] and the scan over it returns loads [L, E].
+    """
+    self.router_bias[...] = losses.aux_free_bias_update(self.router_bias[...], load_E,
+                                                        self.bias_update_rate)

@@ -75,8 +75,9 @@ def aux_free_bias_update(bias_E, load_E, rate: float) -> jax.Array:
   """Aux-loss-free balancing (Wang et al. 2024, eq. 3): b_i <- b_i + u * sign(mean load - load_i).
 
   Overloaded experts lose selection bias, underloaded ones gain it; no gradient is involved.
+  Leading axes (e.g. stacked layers, [L, E]) are independent: the mean is over experts.
   """
-  error_E = jnp.mean(load_E) - load_E
+  error_E = jnp.mean(load_E, axis=-1, keepdims=True) - load_E
   return (bias_E + rate * jnp.sign(error_E)).astype(bias_E.dtype)
 
 
