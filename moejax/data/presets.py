@@ -6,8 +6,10 @@ seed, batch size and sequence length come from the training config (``config.dat
 
 Presets:
   smoke  builds in seconds; for tests.
-  tiny   the 2-CPU study scale (RESEARCH.md section 7: ~800 people x 4 attributes of 64 values
-         were learned to 32-86% QA accuracy in 3000 steps of 256 examples).
+  tiny   single tiny runs on a CPU (configs/lm_moe.py:tiny): 512 people, modulus-23 problems.
+  study  the data of the tiny sparsity study (configs/sweeps/optimal_sparsity.py:tiny): few
+         enough facts (96 people x 5 attributes) that d_model-64 models see each one ~60 times
+         in 400 steps, so memorization is measurable in a CPU budget; modulus-7 problems.
   small  4x the population of tiny and longer problems; for a laptop-sized GPU or a TPU host.
 
 To add a preset, add an entry to ``PRESETS`` here: the tfds builders create one BuilderConfig per
@@ -157,6 +159,20 @@ PRESETS: dict[str, Preset] = {
         filler=FillerConfig(num_docs=500),
         vocab_size=512,
         mixture=(("memorization", 0.5), ("reasoning", 0.5), ("filler", 0.0)),
+    ),
+    "study": Preset(
+        name="study",
+        seed=0,
+        memorization=MemorizationConfig(
+            num_people=96,
+            attributes=(("birth_date", 0), ("birth_city", 32), ("university", 32), ("major", 16),
+                        ("employer", 32)),
+            date_days=8, date_years=4, bios_per_person=1),
+        reasoning=ReasoningConfig(modulus=7, min_ops=1, max_ops=3, train_per_difficulty=60,
+                                  eval_per_difficulty=32),
+        filler=FillerConfig(num_docs=100),
+        vocab_size=384,
+        mixture=(("memorization", 0.7), ("reasoning", 0.3), ("filler", 0.0)),
     ),
     "small": Preset(
         name="small",

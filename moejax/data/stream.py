@@ -108,7 +108,7 @@ class MixtureStream:
     return packing.to_batch(pick("tokens_RT"), pick("segment_ids_RT"), pick("positions_RT"))
 
 
-def _require_data(data_config: ml_collections.ConfigDict) -> tuple[str, str, dict[str, Any]]:
+def require_data(data_config: ml_collections.ConfigDict) -> tuple[str, str, dict[str, Any]]:
   """(data_dir, preset, manifest) of the build named by the config; builds it if asked to."""
   data_dir = data_config.get("data_dir") or layout.default_data_dir()
   preset = data_config.get("preset", "tiny")
@@ -143,7 +143,7 @@ def make_suites_source(data_config: ml_collections.ConfigDict, vocab_size: int) 
     split: "train" (default); "test" or "train_eval" stream those splits of the mixed suites
       that have them (held-out loss, and the train-test gap in loss), same packing and order.
   """
-  data_dir, preset_name, manifest = _require_data(data_config)
+  data_dir, preset_name, manifest = require_data(data_config)
   _check_vocab(vocab_size, manifest["tokenizer"]["vocab_size"])
   preset = presets.get_preset(preset_name)
   weights = parse_mixture(data_config.get("mixture", "") or "", preset)
@@ -219,7 +219,7 @@ def make_seqio_source(data_config: ml_collections.ConfigDict, vocab_size: int) -
   if own_preset is not None:
     config = ml_collections.ConfigDict(data_config.to_dict())
     config.preset = own_preset
-    data_dir, preset, _ = _require_data(config)
+    data_dir, preset, _ = require_data(config)
     seqio_tasks.register(data_dir, preset)
   vocabulary = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
   _check_vocab(vocab_size, vocabulary.vocab_size)

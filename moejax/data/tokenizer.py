@@ -21,6 +21,10 @@ import sentencepiece as spm
 
 from moejax.data import layout
 
+# SentencePiece logs an INFO line on every model load ("precompiled_charsmap is empty": the
+# models here use identity normalization on purpose); keep warnings and errors.
+spm.set_min_log_level(1)
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2

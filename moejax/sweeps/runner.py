@@ -58,6 +58,16 @@ def to_run(runs: Sequence[SweepRun], statuses: Mapping[str, str],
   return [r for r in runs if statuses.get(r.name) not in skip]
 
 
+def prepare_data(runs: Sequence[SweepRun]) -> None:
+  """Builds every data-suite preset the runs train on, once, before runs start side by side
+  (parallel runs would otherwise race to build the same preset)."""
+  from moejax.data import stream  # pylint: disable=import-outside-toplevel
+  needed = {(r.config.data.data_dir, r.config.data.preset): r.config.data for r in runs
+            if r.config.data.source == "suites"}
+  for data_config in needed.values():
+    stream.require_data(data_config)
+
+
 def record_plan(table: results.ResultsTable, runs: Sequence[SweepRun]) -> None:
   """Writes every run's known-before-training columns; new rows are ``pending``."""
   for run in runs:
@@ -95,6 +105,7 @@ def run_sweep(runs: Sequence[SweepRun], workdir: str, *, backend: str = "local",
   with results.ResultsTable(workdir) as table:
     record_plan(table, runs)
     todo = to_run(runs, table.statuses(), retry_diverged)
+    prepare_data(todo)
     tasks = [backends.Task(r, run_dir(workdir, r.name), log_path(workdir, r.name))
              for r in todo]
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="sweep", unit="run",
