@@ -1,5 +1,6 @@
 """Building the smoke preset (tokenizer, tfds, seqio, cache) and the training sources over it."""
 
+import dataclasses
 import json
 import os
 
@@ -9,6 +10,7 @@ import pytest
 
 from moejax.data import build
 from moejax.data import layout
+from moejax.data import presets
 from moejax.data import records
 from moejax.data import sources
 from moejax.data import suites
@@ -133,3 +135,18 @@ def test_cli_build_gives_the_same_hashes(built, tmp_path):
                       "--describe")
   [line] = result.stdout.splitlines()
   assert json.loads(line) == json.loads(json.dumps(build.describe(manifest)))
+
+
+def test_a_changed_preset_definition_is_rebuilt_not_reused(built, tmp_path, monkeypatch):
+  del built  # TensorFlow is already imported
+  data_dir = str(tmp_path)
+  old = build.build(data_dir, "smoke")
+  smoke = presets.PRESETS["smoke"]
+  changed = dataclasses.replace(smoke, memorization=dataclasses.replace(
+      smoke.memorization, num_people=smoke.memorization.num_people // 2))
+  monkeypatch.setitem(presets.PRESETS, "smoke", changed)
+  new = build.build(data_dir, "smoke")
+  assert new["preset"] == changed.to_json() != old["preset"]
+  mem = build.describe(new)["tasks"][0]["splits"]
+  assert mem["test"]["examples"] == len(suites.eval_items(
+      "memorization", records.TEST, preset="smoke", data_dir=data_dir)) < 100

@@ -79,6 +79,20 @@ def test_constant_accuracy_is_inconclusive_not_a_zero_correlation():
   assert np.isnan(found[2]["numbers"]["mean_spearman"])
 
 
+def test_reasoning_at_chance_is_inconclusive_not_a_shape():
+  # The table's reasoning accuracies (0.10-0.30 of 100 items) with chance 1/p: above chance for
+  # p = 23 (0.043), every interval reaching chance for p = 3 (0.333).
+  above = {v["finding"]: v for v in verdicts.all_verdicts(
+      table().assign(reason_chance_accuracy=1 / 23))}
+  assert above[3]["verdict"] == "reproduced"
+  at_chance = {v["finding"]: v for v in verdicts.all_verdicts(
+      table().assign(reason_chance_accuracy=1 / 3))}
+  assert at_chance[3]["verdict"] == at_chance[4]["verdict"] == "inconclusive"
+  assert "chance" in at_chance[3]["statement"]
+  assert verdicts.reasoning_at_chance(table().assign(reason_chance_accuracy=1 / 3))
+  assert verdicts.reasoning_at_chance(table()) is None  # chance level unknown: no claim
+
+
 def test_seeds_are_averaged_into_one_point_per_model():
   runs = table(seed_offsets=(-0.02, 0.0, 0.05))
   models = seeds.by_model(runs)

@@ -100,7 +100,9 @@ def build(data_dir: str, preset: str, force: bool = False) -> dict[str, Any]:
     try:
       return layout.load_manifest(data_dir, preset)
     except layout.DataNotBuiltError:
-      pass
+      # A manifest of another data version or preset definition: the tfds files under the
+      # same version directory are stale too, so they are rebuilt rather than reused.
+      force = os.path.exists(layout.manifest_path(data_dir, preset))
   spec = presets.get_preset(preset)
   start = time.time()
   tokenizer_info = _write_tokenizer(data_dir, spec)

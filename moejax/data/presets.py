@@ -7,9 +7,11 @@ seed, batch size and sequence length come from the training config (``config.dat
 Presets:
   smoke  builds in seconds; for tests.
   tiny   single tiny runs on a CPU (configs/lm_moe.py:tiny): 512 people, modulus-23 problems.
-  study  the data of the tiny sparsity study (configs/sweeps/optimal_sparsity.py:tiny): few
-         enough facts (96 people x 5 attributes) that d_model-64 models see each one ~60 times
-         in 400 steps, so memorization is measurable in a CPU budget; modulus-7 problems.
+  study  the data of the tiny sparsity study (configs/sweeps/optimal_sparsity.py:tiny): 192
+         people x 5 attributes, so that in 800 steps of 16 x 128 tokens each fact is seen ~30
+         times as QA and ~30 times in a biography: a d_model-64 dense model then answers about
+         a third to a half of the QA facts and E=16 MoEs most of them (measured); modulus-7
+         problems.
   small  4x the population of tiny and longer problems; for a laptop-sized GPU or a TPU host.
 
 To add a preset, add an entry to ``PRESETS`` here: the tfds builders create one BuilderConfig per
@@ -164,7 +166,7 @@ PRESETS: dict[str, Preset] = {
         name="study",
         seed=0,
         memorization=MemorizationConfig(
-            num_people=96,
+            num_people=192,
             attributes=(("birth_date", 0), ("birth_city", 32), ("university", 32), ("major", 16),
                         ("employer", 32)),
             date_days=8, date_years=4, bios_per_person=1),

@@ -11,6 +11,7 @@ the first six below are the columns analysis/results_schema.py reads:
   mem_train_task_loss, reason_train_task_loss, {suite}{split}_count (items evaluated),
   reason{split}_accuracy_d{N}         accuracy by difficulty (number of operations)
   mem{split}_accuracy_{attribute}     accuracy by attribute
+  reason_chance_accuracy              1/p, the accuracy of guessing a residue mod p
   reason_sc{n}_accuracy[_d{N}], reason_pass_at_{k}
                                       majority vote over the first n of ``sc_samples`` sampled
                                       answers per reasoning test item (n in ``sc_ns`` and
@@ -144,6 +145,8 @@ def evaluate_suites(model: model_io.Model, tokenizer: tokenizer_lib.Tokenizer | 
       cardinality = {a: v["cardinality"] for a, v in info.items()}
       knowledge[split] = metrics.knowledge_bits(nll_N, [it.attribute for it in items],
                                                 cardinality)
+    if suite == "reasoning":  # answers are residues mod p: guessing scores 1/p
+      out["reason_chance_accuracy"] = 1.0 / suites.metadata(suite, preset)["modulus"]
   bar.close()
   if knowledge:
     out.update(_knowledge_metrics(knowledge, num_params or model_io.num_params(states)))

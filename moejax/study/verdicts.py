@@ -106,6 +106,26 @@ def _verdict(finding: int, verdict: str, statement: str, **numbers) -> dict[str,
   return {"finding": finding, "verdict": verdict, "statement": statement, "numbers": numbers}
 
 
+def reasoning_at_chance(df: pd.DataFrame) -> str | None:
+  """A sentence saying that no model's reasoning accuracy is above guessing (its 95% interval
+  over items reaches the chance level 1/p), or None when some model is above chance. Reasoning
+  verdicts read from noise around chance would be spurious."""
+  if "reason_accuracy" not in df or "reason_chance_accuracy" not in df:
+    return None
+  acc = df["reason_accuracy"].to_numpy(float)
+  if "reason_accuracy_lo" in df:
+    lower = df["reason_accuracy_lo"].to_numpy(float)
+  else:  # normal approximation over the evaluated items
+    count = df.get("reason_count", pd.Series(np.nan, index=df.index)).to_numpy(float)
+    lower = acc - 1.96 * np.sqrt(acc * (1 - acc) / count)
+  chance = float(df["reason_chance_accuracy"].max())
+  if not np.isfinite(lower).any() or np.nanmax(lower) > chance:
+    return None
+  return (f"Reasoning accuracy is at chance for every model (best {np.nanmax(acc):.3f}, chance "
+          f"1/p = {chance:.3f}; every 95% interval reaches chance): the reasoning suite was not "
+          "learned beyond guessing at this budget, so this finding cannot be read.")
+
+
 def loss_vs_total(df: pd.DataFrame) -> dict[str, Any]:
   rhos = family_spearman(df, "final_eval_loss")
   if not rhos:
@@ -148,6 +168,9 @@ def reasoning_vs_total(df: pd.DataFrame) -> dict[str, Any]:
   if not any(np.isfinite(r) for r in rhos.values()):
     return _verdict(3, "inconclusive", "Reasoning accuracy is constant within every family "
                     f"({len(rhos)}; e.g. all zero): no shape to read.", spearman=rhos)
+  at_chance = reasoning_at_chance(df)
+  if at_chance:
+    return _verdict(3, "inconclusive", at_chance, spearman=rhos)
   interior_peaks, u_shapes = 0, 0
   for runs in families(df).values():
     acc = runs["reason_accuracy"].to_numpy()
@@ -181,10 +204,13 @@ def top_k_effect(df: pd.DataFrame) -> dict[str, Any]:
   reason_change = float(np.nanmean([p["reason_change"] for p in pairs]))
   small_loss_effect = abs(loss_change) < 0.03
   verdict = "reproduced" if small_loss_effect and reason_change > 0 else "not reproduced"
+  at_chance = reasoning_at_chance(df)
+  verdict = "inconclusive" if at_chance else verdict
   return _verdict(4, verdict, f"Raising top-k at fixed (d_model, E) changed held-out loss by "
                   f"{loss_change:+.1%} on average and reasoning accuracy by "
                   f"{reason_change:+.3f} over {len(pairs)} cells. Note: in this grid a larger k "
-                  "also means more active parameters.", pairs=pairs)
+                  "also means more active parameters." + (f" {at_chance}" if at_chance else ""),
+                  pairs=pairs)
 
 
 def iso_flop(df: pd.DataFrame) -> dict[str, Any]:
@@ -239,9 +265,12 @@ def test_time_compute(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> di
   raises = gain_ci[0] > 0 if np.isfinite(gain_ci[0]) else gain > 0
   lowers = gain_ci[1] < 0 if np.isfinite(gain_ci[1]) else gain < 0
   why = ""
+  at_chance = reasoning_at_chance(runs)
   if not np.isfinite(order[hi_n]):
     verdict = "inconclusive"
     why = " Accuracies are equal across models at some n (e.g. all zero): no order to compare."
+  elif at_chance:
+    verdict, why = "inconclusive", f" {at_chance}"
   elif raises and (order[hi_n] < ORDER_KEPT or rescued):
     verdict = "not reproduced"
   elif raises:
