@@ -16,8 +16,9 @@ the mean load) and, on request, ``random`` (uniform: multinomial load noise). Th
 on ``--baseline_routings``: ``einsum`` with capacity factor 1.25 (it drops tokens; dropless it
 needs O(T^2) memory), skipped where its [T, E, C] tensors exceed ``--einsum_max_elements``;
 ``ragged_dot``, which on CPU computes every expert over all rows (about E times the dense
-work). A baseline expected to take longer than ``--max_baseline_s`` per call is skipped, and a
-group runs fewer rounds when ``--max_group_s`` would be exceeded.
+work). A baseline expected to take longer than ``--max_baseline_s`` per call is skipped, a
+group runs fewer rounds when ``--max_group_s`` would be exceeded, and ``--max_dense_s`` skips the
+groups whose dense FFN alone is expected to take longer per call.
 
 Prints a table, then one JSON line {"results": [...], ...}. Not a test: timings depend on the
 machine and its load.
@@ -60,6 +61,9 @@ _MAX_BASELINE_S = flags.DEFINE_float("max_baseline_s", 10.0,
                                      "Skip a baseline expected to take longer per call.")
 _MAX_GROUP_S = flags.DEFINE_float("max_group_s", 900.0,
                                   "Time budget of one (T, D, K) group; fewer rounds beyond.")
+_MAX_DENSE_S = flags.DEFINE_float("max_dense_s", None,
+                                  "Skip a (T, D, K) group whose dense FFN is expected to take "
+                                  "longer per call at the matmul peak (default: none skipped).")
 _EINSUM_CAPACITY = 1.25
 DEFAULT_STRATEGY = "sorted"
 
@@ -206,9 +210,13 @@ def main(argv):
                   for r in (_ROUTINGS.value if s == DEFAULT_STRATEGY
                             else _BASELINE_ROUTINGS.value)]
         peak = max(peak, matmul_peak_gflops())
+        flops = active_flops(t, d, k)
+        if _MAX_DENSE_S.value is not None and flops / peak / 1e9 > _MAX_DENSE_S.value:
+          print(f"{t:>6} {d:>5}   * {k:>2}  skipped group: dense expected "
+                f"~{flops / peak / 1e9:.0f}s per call at peak", flush=True)
+          continue
         medians, skipped, rounds = time_group(t, d, k, wanted, _REPEATS.value)
         dense_s = medians["dense"]
-        flops = active_flops(t, d, k)
         for point, strategy in wanted:
           prefix = (f"{t:>6} {d:>5} {point.num_experts:>3} {k:>2} {point.routing:>9} "
                     f"{strategy:>10}")
