@@ -169,7 +169,10 @@ def plot_isoflop(df: pd.DataFrame, x_col: str = "total_params",
     if np.isfinite(opt.x_opt["estimate"]):
       lo, hi = opt.x_opt["ci"]
       est = opt.x_opt["estimate"]
-      ax.errorbar([est], [opt.loss_opt["estimate"]], xerr=[[est - lo], [hi - est]],
+      # A percentile interval need not contain the point estimate (few runs per budget):
+      # bars are clipped at zero length rather than drawn negative (matplotlib refuses those).
+      ax.errorbar([est], [opt.loss_opt["estimate"]],
+                  xerr=[[max(est - lo, 0.0)], [max(hi - est, 0.0)]],
                   fmt="*", color=color, ms=10, capsize=3)
   ax.set_xlabel(f"log10 {x_col}" if log_x else x_col)
   ax.set_ylabel(loss_col)
@@ -177,8 +180,9 @@ def plot_isoflop(df: pd.DataFrame, x_col: str = "total_params",
   table = isoflop.optima_table(optima)
   ok = table["interior"] & np.isfinite(table["x_opt"])
   ax_opt.errorbar(table["budget"][ok], table["x_opt"][ok],
-                  yerr=[table["x_opt"][ok] - table["x_opt_lo"][ok],
-                        table["x_opt_hi"][ok] - table["x_opt"][ok]], fmt="o", capsize=3)
+                  yerr=[np.clip(table["x_opt"][ok] - table["x_opt_lo"][ok], 0, None),
+                        np.clip(table["x_opt_hi"][ok] - table["x_opt"][ok], 0, None)],
+                  fmt="o", capsize=3)
   if ok.sum() >= 2:
     fit = isoflop.optimum_scaling(optima)
     cs = np.geomspace(table["budget"][ok].min(), table["budget"][ok].max(), 50)

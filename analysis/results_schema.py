@@ -15,6 +15,7 @@ Required
   sparsity             1 - k / E
   tpp                  tokens per parameter, train_tokens / total_params
   final_train_loss     last training loss [nats / token]
+  train_loss_tail      mean training loss logged over the last 10% of steps [nats / token]
   final_eval_loss      held-out loss at the end [nats / token]
   seed                 training seed
   status               "done" for a finished run (see ``FINISHED_STATUSES``)

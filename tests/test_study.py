@@ -79,6 +79,16 @@ def test_constant_accuracy_is_inconclusive_not_a_zero_correlation():
   assert np.isnan(found[2]["numbers"]["mean_spearman"])
 
 
+def test_loss_finding_reads_the_training_loss_when_logged():
+  # Held-out loss falls with total parameters in table(); a training loss that rises wins.
+  df = table()
+  df["train_loss_tail"] = 1.0 + 0.1 * df["total_params"] / df["active_params"]
+  found = verdicts.loss_vs_total(df)
+  assert found["verdict"] == "not reproduced" and found["numbers"]["column"] == "train_loss_tail"
+  assert found["numbers"]["held_out_mean_spearman"] == -1.0
+  assert verdicts.loss_vs_total(table())["numbers"]["column"] == "final_eval_loss"
+
+
 def test_reasoning_at_chance_is_inconclusive_not_a_shape():
   # The table's reasoning accuracies (0.10-0.30 of 100 items) with chance 1/p: above chance for
   # p = 23 (0.043), every interval reaching chance for p = 3 (0.333).

@@ -62,6 +62,7 @@ def _logged_losses(run_dir: str) -> dict[int, float]:
 
 def _train_columns(results_dict: Mapping[str, Any]) -> dict[str, Any]:
   return {"final_train_loss": results_dict["final_train_loss"],
+          "train_loss_tail": results_dict.get("train_loss_tail"),
           "final_eval_loss": results_dict["eval_loss"],
           "eval_perplexity": results_dict.get("eval_perplexity"),
           "tokens_per_s": results_dict.get("tokens_per_s"),

@@ -97,7 +97,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "steps": config.train.steps, "resumed_from_step": start, **suite_metrics}
   if hasattr(source, "entropy_floor"):
     results["entropy_floor"] = source.entropy_floor()
-  results.update(_throughput(workdir))
+  results.update(_logged_summary(workdir, config.train.steps))
   if is_lead:
     write_json(os.path.join(workdir, "eval.json"), results)
   return results
@@ -161,9 +161,18 @@ def evaluate_run_suites(config: ml_collections.ConfigDict, graphdef, state,
   return out
 
 
-def _throughput(workdir: str) -> dict:
-  """Median logged tokens/s (the first interval includes compilation and is skipped)."""
+def _logged_summary(workdir: str, steps: int) -> dict:
+  """From metrics.jsonl: the median tokens/s (the first interval includes compilation and is
+  skipped) and ``train_loss_tail``, the mean training loss logged over the last 10% of steps
+  (one logged batch is a noisy sample of the training loss)."""
   from moejax.training.logging import read_jsonl  # pylint: disable=import-outside-toplevel
-  rates = [row["tokens_per_s"] for row in read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
-  rates = rates[1:] or rates
-  return {"tokens_per_s": float(np.median(rates))} if rates else {}
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  out = {}
+  rates = [row["tokens_per_s"] for row in rows][1:] or [row["tokens_per_s"] for row in rows]
+  if rates:
+    out["tokens_per_s"] = float(np.median(rates))
+  tail = [row["loss"] for row in rows if row["step"] > 0.9 * steps] or [
+      row["loss"] for row in rows[-1:]]
+  if tail:
+    out["train_loss_tail"] = float(np.mean(tail))
+  return out
