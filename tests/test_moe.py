@@ -11,7 +11,8 @@ from flax import nnx
 
 from moejax.moe import plan as planning
 from moejax.moe.dispatch import dispatch
-from moejax.moe.experts import GeluExperts, SwiGLUExperts, batched_matmul, looped_matmul
+from moejax.moe.experts import (LOOP_BELOW_ROWS, GeluExperts, SwiGLUExperts, batched_matmul,
+                                expert_matmul)
 from moejax.moe.layer import MoELayer
 from moejax.moe.routers import Routing, expert_choice, softmax_top_k
 
@@ -151,10 +152,10 @@ def test_sorted_refuses_experts_holding_a_traced_plain_attribute(experts):
     jax.jit(jax.grad(loss))(jnp.ones((T, D)), weights)
 
 
-@pytest.mark.parametrize("rows", [0, 5])
-def test_looped_matmul_matches_batched_matmul_values_and_gradients(rows):
-  """The sorted dispatch's grouped matmul (a loop with its own VJP) against one batched einsum,
-  also with no rows per expert."""
+@pytest.mark.parametrize("rows", [0, 5, LOOP_BELOW_ROWS])
+def test_expert_matmul_matches_batched_matmul_values_and_gradients(rows):
+  """The sorted dispatch's grouped matmul (its own VJP; a loop over experts with few rows)
+  against one batched einsum, also with no rows per expert."""
   x_ECI = jax.random.normal(jax.random.key(0), (E, rows, D))
   w_EIO = jax.random.normal(jax.random.key(1), (E, D, F))
 
@@ -162,9 +163,9 @@ def test_looped_matmul_matches_batched_matmul_values_and_gradients(rows):
     return jnp.sum(jnp.sin(matmul(x_ECI, w_EIO)))
 
   for jit in (fast_jit, lambda f: f):
-    looped = jit(jax.value_and_grad(functools.partial(loss, looped_matmul), argnums=(0, 1)))
+    tuned = jit(jax.value_and_grad(functools.partial(loss, expert_matmul), argnums=(0, 1)))
     batched = jax.value_and_grad(functools.partial(loss, batched_matmul), argnums=(0, 1))
-    for a, b in zip(jax.tree.leaves(looped(x_ECI, w_EIO)),
+    for a, b in zip(jax.tree.leaves(tuned(x_ECI, w_EIO)),
                     jax.tree.leaves(batched(x_ECI, w_EIO))):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 

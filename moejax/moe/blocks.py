@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from moejax.moe.experts import looped_matmul
+from moejax.moe.experts import expert_matmul
 
 
 class BlockTables(NamedTuple):
@@ -42,8 +42,8 @@ class BlockTables(NamedTuple):
 
 def _single_expert_matmul(x_RI, w_1IO):
   """The grouped matmul of one block: its rows times the (single) expert slice (with the
-  weight gradient of ``looped_matmul``)."""
-  return looped_matmul(x_RI[None], w_1IO)[0]
+  weight gradient of ``expert_matmul``)."""
+  return expert_matmul(x_RI[None], w_1IO)[0]
 
 
 def _expert_slice(expert_state, expert):
@@ -127,7 +127,7 @@ def split_experts(experts: nnx.Module):
 
 
 def _batched(graphdef, x_ECD, expert_state):
-  return nnx.merge(graphdef, expert_state)(x_ECD, looped_matmul)
+  return nnx.merge(graphdef, expert_state)(x_ECD, expert_matmul)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))

@@ -12,11 +12,11 @@ tests check values and gradients against a per-token loop.
   einsum      GShard one-hot dispatch/combine tensors [T, E, C] (Lepikhin et al. 2020): the
               readable reference; O(T*E*C) memory, so dropless use (C = T) is for small T only.
   sorted      sort the choices by expert; the first ``rows_per_expert`` rows of every expert run
-              as a padded batch [E, C, D] through ``looped_matmul`` (one 2D matmul per expert,
-              experts.py; fast when routing is balanced); with a capacity factor that is all;
-              dropless, the overflow rows run exactly in a second pass over blocks of one expert
-              each, whose loop length follows the actual overflow (blocks.py). Combine is a
-              weighted scatter-add into the tokens.
+              as a padded batch [E, C, D] through ``expert_matmul`` (experts.py: a loop of 2D
+              matmuls when experts have few rows; fast when routing is balanced); with a
+              capacity factor that is all; dropless, the overflow rows run exactly in a second
+              pass over blocks of one expert each, whose loop length follows the actual
+              overflow (blocks.py). Combine is a weighted scatter-add into the tokens.
   ragged_dot  sort by expert, ``jax.lax.ragged_dot`` over the expert groups (efficient in XLA on
               TPU/GPU; on CPU XLA computes every group densely, E/K times the work).
   pallas      the same layout with the grouped matmul of kernels_pallas/ (a later issue).
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from moejax.moe import plan as planning
 from moejax.moe.blocks import BlockTables, batched_and_blocks, split_experts
-from moejax.moe.experts import batched_matmul, looped_matmul
+from moejax.moe.experts import batched_matmul, expert_matmul
 from moejax.moe.routers import Routing
 
 ExpertFn = Callable[..., jax.Array]
@@ -179,7 +179,7 @@ def sorted_dispatch(x_TD, routing: Routing, experts: ExpertFn, *,
     y_ECD, y_TD = batched_and_blocks(graphdef, tuple(block_rows), x_ECD, x_TD, weights_A,
                                      expert_state, tuple(tables))
   else:
-    y_ECD, y_TD = experts(x_ECD, looped_matmul), jnp.zeros(x_TD.shape, jnp.float32)
+    y_ECD, y_TD = experts(x_ECD, expert_matmul), jnp.zeros(x_TD.shape, jnp.float32)
   y_TD = _combine(y_TD, token_EC, weight_EC, y_ECD)
   dropped = (jnp.zeros((), jnp.float32) if dropless
              else 1.0 - planning.kept_fraction(plan, cap))
