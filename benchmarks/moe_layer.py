@@ -37,6 +37,7 @@ from absl import app, flags
 from flax import nnx
 
 from benchmarks.peak import matmul_peak_gflops
+from moejax.host_memory import keep_freed_host_memory
 from moejax.moe.dispatch import dispatch
 from moejax.moe.experts import SwiGLUExperts
 from moejax.moe.routers import Routing
@@ -55,6 +56,10 @@ _ROUTINGS = flags.DEFINE_list("routings", ["balanced", "skewed"],
 _BASELINE_ROUTINGS = flags.DEFINE_list("baseline_routings", ["balanced"],
                                        "Routings for the einsum and ragged_dot baselines.")
 _FF_MULT = flags.DEFINE_integer("ff_mult", 2, "Expert hidden size F = ff_mult * d_model.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "Compute dtype of tokens and weights (MoE and dense alike).")
+_CALLS = flags.DEFINE_integer("calls", 1, "Back-to-back calls per timed sample (use 10-50 on "
+                              "a GPU, where one small call is shorter than its launch cost).")
 _EINSUM_MAX = flags.DEFINE_integer("einsum_max_elements", 2 ** 27,
                                    "Skip einsum where T*E*C exceeds this.")
 _MAX_BASELINE_S = flags.DEFINE_float("max_baseline_s", 10.0,
@@ -102,27 +107,30 @@ def make_routing(point: Point) -> Routing:
 def dense_step(d_model: int, d_ff: int):
   """jit(forward+backward) of a dense SwiGLU FFN; returns (fn, args after the tokens)."""
   keys = jax.random.split(jax.random.key(2), 3)
-  w = (jax.random.normal(keys[0], (d_model, d_ff)) * d_model ** -0.5,
-       jax.random.normal(keys[1], (d_model, d_ff)) * d_model ** -0.5,
-       jax.random.normal(keys[2], (d_ff, d_model)) * d_ff ** -0.5)
+  dtype = jnp.dtype(_DTYPE.value)
+  w = ((jax.random.normal(keys[0], (d_model, d_ff)) * d_model ** -0.5).astype(dtype),
+       (jax.random.normal(keys[1], (d_model, d_ff)) * d_model ** -0.5).astype(dtype),
+       (jax.random.normal(keys[2], (d_ff, d_model)) * d_ff ** -0.5).astype(dtype))
 
   def loss(x_TD, w):
     w_gate, w_up, w_down = w
     y_TD = (jax.nn.silu(x_TD @ w_gate) * (x_TD @ w_up)) @ w_down
-    return jnp.sum(y_TD * y_TD)
+    return jnp.sum(jnp.square(y_TD.astype(jnp.float32)))
 
   return jax.jit(jax.grad(loss, argnums=(0, 1))), (w,)
 
 
 def moe_step(point: Point, d_ff: int, strategy: str):
   """jit(forward+backward) of dispatch + experts + combine; returns (fn, args after tokens)."""
-  experts = SwiGLUExperts(point.num_experts, point.d_model, d_ff, rngs=nnx.Rngs(0))
+  dtype = jnp.dtype(_DTYPE.value)
+  experts = SwiGLUExperts(point.num_experts, point.d_model, d_ff, param_dtype=dtype,
+                          dtype=dtype, rngs=nnx.Rngs(0))
   graphdef, weights = nnx.split(experts)
   options = {"capacity_factor": _EINSUM_CAPACITY} if strategy == "einsum" else {}
 
   def loss(x_TD, weights, routing):
     y_TD, _ = dispatch(strategy, x_TD, routing, nnx.merge(graphdef, weights), **options)
-    return jnp.sum(y_TD * y_TD)
+    return jnp.sum(jnp.square(y_TD.astype(jnp.float32)))
 
   # The routing is an argument (not a closed-over constant XLA would fold) and is
   # differentiated too: its combine weights get gradients, its int32 ids float0 ones.
@@ -131,11 +139,15 @@ def moe_step(point: Point, d_ff: int, strategy: str):
 
 
 def skip_reason(point: Point, strategy: str, dense_s: float) -> str | None:
-  """Why a baseline is not run here (``dense_s``: the dense FFN's first-call time)."""
+  """Why a baseline is not run here (``dense_s``: the dense FFN's first-call time). The time
+  estimates model XLA:CPU; on an accelerator only the memory bound applies."""
   if strategy == "einsum":
     cap = -(-int(point.tokens * point.top_k * _EINSUM_CAPACITY) // point.num_experts)
     if point.tokens * point.num_experts * cap > _EINSUM_MAX.value:
       return "T*E*C too large"
+  if jax.default_backend() != "cpu":
+    return None
+  if strategy == "einsum":
     # The one-hot dispatch and combine einsums cost about T*C*E*D per matmul of T*K*D*F.
     estimate = dense_s * (1 + point.tokens * _EINSUM_CAPACITY / (3 * _FF_MULT.value
                                                                  * point.d_model))
@@ -148,10 +160,13 @@ def skip_reason(point: Point, strategy: str, dense_s: float) -> str | None:
   return None
 
 
-def _run(fn, args, x_TD) -> float:
+def _run(fn, args, x_TD, calls: int = 1) -> float:
+  """Seconds per call of ``calls`` back-to-back calls."""
   start = time.perf_counter()
-  jax.block_until_ready(fn(x_TD, *args))
-  return time.perf_counter() - start
+  for _ in range(calls):
+    out = fn(x_TD, *args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / calls
 
 
 def time_group(tokens: int, d_model: int, top_k: int, variants_wanted, repeats: int):
@@ -161,7 +176,7 @@ def time_group(tokens: int, d_model: int, top_k: int, variants_wanted, repeats: 
   """
   group_start = time.perf_counter()
   d_ff = _FF_MULT.value * d_model
-  x_TD = jax.random.normal(jax.random.key(0), (tokens, d_model))
+  x_TD = jax.random.normal(jax.random.key(0), (tokens, d_model)).astype(_DTYPE.value)
   variants = {"dense": dense_step(d_model, top_k * d_ff)}
   dense_first_s = _run(*variants["dense"], x_TD)  # includes compilation: an upper bound
   skipped = {}
@@ -177,7 +192,7 @@ def time_group(tokens: int, d_model: int, top_k: int, variants_wanted, repeats: 
   while rounds < repeats:
     round_start = time.perf_counter()
     for name, (fn, args) in variants.items():
-      times[name].append(_run(fn, args, x_TD))
+      times[name].append(_run(fn, args, x_TD, _CALLS.value))
     rounds += 1
     elapsed = time.perf_counter() - group_start
     if elapsed + (time.perf_counter() - round_start) > _MAX_GROUP_S.value:
@@ -192,15 +207,17 @@ def active_flops(tokens: int, d_model: int, top_k: int) -> float:
 
 def main(argv):
   del argv
+  kept = keep_freed_host_memory()
   tokens = [4096] if _QUICK.value else [int(t) for t in _TOKENS.value]
   widths = [256] if _QUICK.value else [int(d) for d in _D_MODEL.value]
   top_ks = [1, 2] if _QUICK.value else [int(k) for k in _TOP_K.value]
   experts = [int(e) for e in _EXPERTS.value]
-  peak = matmul_peak_gflops()  # re-measured before every group; the largest value counts
-  print(f"f32 matmul peak {peak:.1f} GFLOP/s; expert hidden F = {_FF_MULT.value} * d_model; "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
+  peak = matmul_peak_gflops(dtype=_DTYPE.value)  # re-measured per group; the largest counts
+  print(f"{_DTYPE.value} matmul peak {peak:.1f} GFLOP/s; expert hidden F = {_FF_MULT.value} * "
+        f"d_model; {jax.device_count()} {jax.devices()[0].platform} device(s); freed host memory "
+        f"{'kept (moejax.host_memory)' if kept else 'returned to the OS'}", flush=True)
   print(f"{'T':>6} {'D':>5} {'E':>3} {'K':>2} {'routing':>9} {'strategy':>10} "
-        f"{'time_s':>8} {'dense_s':>8} {'ratio':>6} {'MFU':>6}", flush=True)
+        f"{'time_ms':>10} {'dense_ms':>10} {'ratio':>6} {'MFU':>6}", flush=True)
   results = []
   for t in tokens:
     for d in widths:
@@ -209,7 +226,7 @@ def main(argv):
                   for s in _STRATEGIES.value
                   for r in (_ROUTINGS.value if s == DEFAULT_STRATEGY
                             else _BASELINE_ROUTINGS.value)]
-        peak = max(peak, matmul_peak_gflops())
+        peak = max(peak, matmul_peak_gflops(dtype=_DTYPE.value))
         flops = active_flops(t, d, k)
         if _MAX_DENSE_S.value is not None and flops / peak / 1e9 > _MAX_DENSE_S.value:
           print(f"{t:>6} {d:>5}   * {k:>2}  skipped group: dense expected "
@@ -224,22 +241,24 @@ def main(argv):
             print(f"{prefix}  skipped: {skipped[(point, strategy)]}", flush=True)
             continue
           seconds = medians[(point, strategy)]
-          print(f"{prefix} {seconds:8.3f} {dense_s:8.3f} {seconds / dense_s:6.2f} "
-                f"{flops / seconds / 1e9 / peak:6.1%}", flush=True)
+          print(f"{prefix} {seconds * 1e3:10.3f} {dense_s * 1e3:10.3f} "
+                f"{seconds / dense_s:6.2f} {flops / seconds / 1e9 / peak:6.1%}", flush=True)
           results.append({**dataclasses.asdict(point), "strategy": strategy,
                           "ratio_vs_dense": round(seconds / dense_s, 3),
-                          "seconds": round(seconds, 4), "dense_seconds": round(dense_s, 4),
+                          "seconds": float(f"{seconds:.4g}"),
+                          "dense_seconds": float(f"{dense_s:.4g}"),
                           "gflops": round(flops / seconds / 1e9, 1),
                           "dense_gflops": round(flops / dense_s / 1e9, 1), "rounds": rounds})
         print(f"{'':>36} dense MFU {flops / dense_s / 1e9 / peak:.1%}, {rounds} round(s)",
               flush=True)
-  peak = max(peak, matmul_peak_gflops())
+  peak = max(peak, matmul_peak_gflops(dtype=_DTYPE.value))
   for result in results:
     result["mfu"] = round(result["gflops"] / peak, 3)
-  print(f"MFU relative to the largest measured f32 matmul throughput, {peak:.1f} GFLOP/s "
-        "(the table's MFU used the value known at the time).", flush=True)
+  print(f"MFU relative to the largest measured {_DTYPE.value} matmul throughput, "
+        f"{peak:.1f} GFLOP/s (the table's MFU used the value known at the time).", flush=True)
   print(json.dumps({"results": results, "matmul_peak_gflops": round(peak, 1),
-                    "ff_mult": _FF_MULT.value}))
+                    "ff_mult": _FF_MULT.value, "dtype": _DTYPE.value,
+                    "device": jax.devices()[0].device_kind}))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Callable, TypeVar
 import jax
 from absl import app, flags, logging
 
+from moejax.host_memory import keep_freed_host_memory
 from moejax.validation import ConfigError
 
 T = TypeVar("T")

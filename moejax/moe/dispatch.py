@@ -12,11 +12,11 @@ tests check values and gradients against a per-token loop.
   einsum      GShard one-hot dispatch/combine tensors [T, E, C] (Lepikhin et al. 2020): the
               readable reference; O(T*E*C) memory, so dropless use (C = T) is for small T only.
   sorted      sort the choices by expert; the first ``rows_per_expert`` rows of every expert run
-              as a padded batch [E, C, D] through ``expert_matmul`` (experts.py: a loop of 2D
-              matmuls when experts have few rows; fast when routing is balanced); with a
-              capacity factor that is all; dropless, the overflow rows run exactly in a second
-              pass over blocks of one expert each, whose loop length follows the actual
-              overflow (blocks.py). Combine is a weighted scatter-add into the tokens.
+              as a padded batch [E, C, D] through ``expert_matmul`` (experts.py; fast when
+              routing is balanced); with a capacity factor that is all; dropless, the overflow
+              rows run exactly in a second pass over blocks of one expert each, whose loop
+              length follows the actual overflow (blocks.py). Combine is a weighted
+              scatter-add into the tokens.
   ragged_dot  sort by expert, ``jax.lax.ragged_dot`` over the expert groups (efficient in XLA on
               TPU/GPU; on CPU XLA computes every group densely, E/K times the work).
   pallas      the same layout with the grouped matmul of kernels_pallas/ (a later issue).
