@@ -1,6 +1,7 @@
 """MoE FFN dispatch speed against a dense SwiGLU FFN doing the same active FLOPs.
 
-  python -m benchmarks.moe_layer [--quick] [--repeats=3] [--strategies=sorted,einsum,ragged_dot]
+  python -m benchmarks.moe_layer [--quick] [--repeats=3]
+      [--strategies=sorted,experts,einsum,ragged_dot] [--dtype=bfloat16 --calls=20 on a GPU]
 
 For each grid point (tokens T, d_model D, experts E, top-k K, routing) it times forward+backward
 (gradients for the tokens, the combine weights and every expert weight) of the routed SwiGLU
@@ -16,7 +17,9 @@ the mean load) and, on request, ``random`` (uniform: multinomial load noise). Th
 on ``--baseline_routings``: ``einsum`` with capacity factor 1.25 (it drops tokens; dropless it
 needs O(T^2) memory), skipped where its [T, E, C] tensors exceed ``--einsum_max_elements``;
 ``ragged_dot``, which on CPU computes every expert over all rows (about E times the dense
-work). A baseline expected to take longer than ``--max_baseline_s`` per call is skipped, a
+work). ``experts`` is the floor of any dispatch built on XLA's batched dot: the expert FFN
+alone on tokens already grouped as [E, T*K/E, D] (balanced, no sort, gather or combine). A
+baseline expected to take longer than ``--max_baseline_s`` per call is skipped, a
 group runs fewer rounds when ``--max_group_s`` would be exceeded, and ``--max_dense_s`` skips the
 groups whose dense FFN alone is expected to take longer per call.
 
@@ -39,13 +42,13 @@ from flax import nnx
 from benchmarks.peak import matmul_peak_gflops
 from moejax.host_memory import keep_freed_host_memory
 from moejax.moe.dispatch import dispatch
-from moejax.moe.experts import SwiGLUExperts
+from moejax.moe.experts import SwiGLUExperts, expert_matmul
 from moejax.moe.routers import Routing
 
 _QUICK = flags.DEFINE_bool("quick", False,
                            "T=4096, D=256, K in {1, 2}, balanced and skewed: under two minutes.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds per group (median).")
-_STRATEGIES = flags.DEFINE_list("strategies", ["sorted", "einsum", "ragged_dot"],
+_STRATEGIES = flags.DEFINE_list("strategies", ["sorted", "experts", "einsum", "ragged_dot"],
                                 "Dispatch strategies to time.")
 _TOKENS = flags.DEFINE_list("tokens", ["4096", "16384"], "Token counts (full grid).")
 _D_MODEL = flags.DEFINE_list("d_model", ["256", "1024"], "Model widths (full grid).")
@@ -71,6 +74,7 @@ _MAX_DENSE_S = flags.DEFINE_float("max_dense_s", None,
                                   "longer per call at the matmul peak (default: none skipped).")
 _EINSUM_CAPACITY = 1.25
 DEFAULT_STRATEGY = "sorted"
+EXPERTS_ONLY = "experts"  # the grouped matmuls without dispatch: the floor of "sorted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +133,12 @@ def moe_step(point: Point, d_ff: int, strategy: str):
   options = {"capacity_factor": _EINSUM_CAPACITY} if strategy == "einsum" else {}
 
   def loss(x_TD, weights, routing):
-    y_TD, _ = dispatch(strategy, x_TD, routing, nnx.merge(graphdef, weights), **options)
+    if strategy == EXPERTS_ONLY:
+      x_ECD = jnp.broadcast_to(x_TD, (point.top_k, *x_TD.shape)).reshape(
+          point.num_experts, -1, point.d_model)
+      y_TD = nnx.merge(graphdef, weights)(x_ECD, expert_matmul)
+    else:
+      y_TD, _ = dispatch(strategy, x_TD, routing, nnx.merge(graphdef, weights), **options)
     return jnp.sum(jnp.square(y_TD.astype(jnp.float32)))
 
   # The routing is an argument (not a closed-over constant XLA would fold) and is
@@ -225,6 +234,7 @@ def main(argv):
         wanted = [(Point(t, d, e, k, r), s) for e in experts if k <= e
                   for s in _STRATEGIES.value
                   for r in (_ROUTINGS.value if s == DEFAULT_STRATEGY
+                            else ["balanced"] if s == EXPERTS_ONLY
                             else _BASELINE_ROUTINGS.value)]
         peak = max(peak, matmul_peak_gflops(dtype=_DTYPE.value))
         flops = active_flops(t, d, k)
