@@ -23,6 +23,7 @@ import time
 import traceback
 from typing import Any, Callable, Mapping
 
+from moejax.host_memory import keep_freed_host_memory
 from moejax.sweeps import results
 from moejax.sweeps.spec import SweepRun, load_callable
 
@@ -150,6 +151,7 @@ def child_main(run: SweepRun, run_dir: str, evaluate: EvalHook | str | None,
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     print(f"[sweep] {run.name}: pid {os.getpid()} started", flush=True)
+    keep_freed_host_memory()
     apply_jax_options(options)
     row = execute_run(run, run_dir, evaluate)
     print(f"[sweep] {run.name}: {row['status']} {row.get('error') or ''}", flush=True)
@@ -172,5 +174,6 @@ def _exit_after(seconds: float) -> None:
 def remote_main(run: SweepRun, run_dir: str, evaluate: EvalHook | str | None,
                 options: Mapping[str, Any]) -> dict[str, Any]:
   """Entry point of a Ray task (the worker's output goes to Ray's logs)."""
+  keep_freed_host_memory()
   apply_jax_options(options)
   return execute_run(run, run_dir, evaluate)
