@@ -23,14 +23,17 @@ baseline expected to take longer than ``--max_baseline_s`` per call is skipped, 
 group runs fewer rounds when ``--max_group_s`` would be exceeded, and ``--max_dense_s`` skips the
 groups whose dense FFN alone is expected to take longer per call.
 
-Prints a table, then one JSON line {"results": [...], ...}. Not a test: timings depend on the
-machine and its load.
+Prints a table, then one JSON line {"results": [...], ...}. The ``faults`` column counts the
+minor page faults per call: large counts mean the step spends its time in the kernel mapping
+fresh memory (see moejax/host_memory.py). Not a test: timings depend on the machine and its
+load.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import time
 
 import jax
@@ -169,25 +172,29 @@ def skip_reason(point: Point, strategy: str, dense_s: float) -> str | None:
   return None
 
 
-def _run(fn, args, x_TD, calls: int = 1) -> float:
-  """Seconds per call of ``calls`` back-to-back calls."""
+def _run(fn, args, x_TD, calls: int = 1) -> tuple[float, float]:
+  """(seconds, minor page faults) per call of ``calls`` back-to-back calls."""
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   start = time.perf_counter()
   for _ in range(calls):
     out = fn(x_TD, *args)
   jax.block_until_ready(out)
-  return (time.perf_counter() - start) / calls
+  seconds = time.perf_counter() - start
+  return seconds / calls, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls
 
 
 def time_group(tokens: int, d_model: int, top_k: int, variants_wanted, repeats: int):
-  """Times the dense FFN and every (point, strategy) of one (T, D, K) in interleaved rounds.
+  """Times the dense FFN and every (point, strategy) of one (T, D, K) in interleaved rounds,
+  after one untimed round (so the host heap has grown to its steady size).
 
-  Returns (median seconds by variant, {variant: skip reason}, rounds run).
+  Returns ({variant: (median seconds, median page faults) per call}, {variant: skip reason},
+  rounds run).
   """
   group_start = time.perf_counter()
   d_ff = _FF_MULT.value * d_model
   x_TD = jax.random.normal(jax.random.key(0), (tokens, d_model)).astype(_DTYPE.value)
   variants = {"dense": dense_step(d_model, top_k * d_ff)}
-  dense_first_s = _run(*variants["dense"], x_TD)  # includes compilation: an upper bound
+  dense_first_s, _ = _run(*variants["dense"], x_TD)  # includes compilation: an upper bound
   skipped = {}
   for point, strategy in variants_wanted:
     reason = skip_reason(point, strategy, dense_first_s)
@@ -196,17 +203,21 @@ def time_group(tokens: int, d_model: int, top_k: int, variants_wanted, repeats: 
     else:
       variants[(point, strategy)] = moe_step(point, d_ff, strategy)
       _run(*variants[(point, strategy)], x_TD)  # compile and warm up
-  times = {name: [] for name in variants}
+  for fn, args in variants.values():
+    _run(fn, args, x_TD)
+  samples = {name: [] for name in variants}
   rounds = 0
   while rounds < repeats:
     round_start = time.perf_counter()
     for name, (fn, args) in variants.items():
-      times[name].append(_run(fn, args, x_TD, _CALLS.value))
+      samples[name].append(_run(fn, args, x_TD, _CALLS.value))
     rounds += 1
     elapsed = time.perf_counter() - group_start
     if elapsed + (time.perf_counter() - round_start) > _MAX_GROUP_S.value:
       break
-  return {name: float(np.median(t)) for name, t in times.items()}, skipped, rounds
+  medians = {name: tuple(float(v) for v in np.median(np.array(runs), axis=0))
+             for name, runs in samples.items()}
+  return medians, skipped, rounds
 
 
 def active_flops(tokens: int, d_model: int, top_k: int) -> float:
@@ -226,7 +237,7 @@ def main(argv):
         f"d_model; {jax.device_count()} {jax.devices()[0].platform} device(s); freed host memory "
         f"{'kept (moejax.host_memory)' if kept else 'returned to the OS'}", flush=True)
   print(f"{'T':>6} {'D':>5} {'E':>3} {'K':>2} {'routing':>9} {'strategy':>10} "
-        f"{'time_ms':>10} {'dense_ms':>10} {'ratio':>6} {'MFU':>6}", flush=True)
+        f"{'time_ms':>10} {'dense_ms':>10} {'ratio':>6} {'MFU':>6} {'faults':>8}", flush=True)
   results = []
   for t in tokens:
     for d in widths:
@@ -243,24 +254,26 @@ def main(argv):
                 f"~{flops / peak / 1e9:.0f}s per call at peak", flush=True)
           continue
         medians, skipped, rounds = time_group(t, d, k, wanted, _REPEATS.value)
-        dense_s = medians["dense"]
+        dense_s, dense_faults = medians["dense"]
         for point, strategy in wanted:
           prefix = (f"{t:>6} {d:>5} {point.num_experts:>3} {k:>2} {point.routing:>9} "
                     f"{strategy:>10}")
           if (point, strategy) in skipped:
             print(f"{prefix}  skipped: {skipped[(point, strategy)]}", flush=True)
             continue
-          seconds = medians[(point, strategy)]
+          seconds, faults = medians[(point, strategy)]
           print(f"{prefix} {seconds * 1e3:10.3f} {dense_s * 1e3:10.3f} "
-                f"{seconds / dense_s:6.2f} {flops / seconds / 1e9 / peak:6.1%}", flush=True)
+                f"{seconds / dense_s:6.2f} {flops / seconds / 1e9 / peak:6.1%} {faults:8.0f}",
+                flush=True)
           results.append({**dataclasses.asdict(point), "strategy": strategy,
                           "ratio_vs_dense": round(seconds / dense_s, 3),
                           "seconds": float(f"{seconds:.4g}"),
                           "dense_seconds": float(f"{dense_s:.4g}"),
                           "gflops": round(flops / seconds / 1e9, 1),
-                          "dense_gflops": round(flops / dense_s / 1e9, 1), "rounds": rounds})
-        print(f"{'':>36} dense MFU {flops / dense_s / 1e9 / peak:.1%}, {rounds} round(s)",
-              flush=True)
+                          "dense_gflops": round(flops / dense_s / 1e9, 1), "rounds": rounds,
+                          "page_faults": round(faults), "dense_page_faults": round(dense_faults)})
+        print(f"{'':>36} dense MFU {flops / dense_s / 1e9 / peak:.1%}, {dense_faults:.0f} "
+              f"page faults per call, {rounds} round(s)", flush=True)
   peak = max(peak, matmul_peak_gflops(dtype=_DTYPE.value))
   for result in results:
     result["mfu"] = round(result["gflops"] / peak, 3)
