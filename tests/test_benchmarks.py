@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_module
 
 
+@pytest.mark.slow
 def test_moe_layer_benchmark_prints_every_strategy_and_routing():
   proc = run_module("benchmarks.moe_layer", "--tokens=64", "--d_model=16", "--experts=4",
                     "--top_k=1,2", "--repeats=1", "--strategies=sorted,experts,einsum,ragged_dot",
