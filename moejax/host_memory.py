@@ -24,7 +24,8 @@ import os
 _M_TRIM_THRESHOLD = -1  # glibc malloc.h
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_KEEP = 2 ** 31 - 1  # the largest trim threshold mallopt takes (an int)
+_NEVER = -1  # M_TRIM_THRESHOLD = -1: never trim (a finite int threshold, at most 2 GiB, still
+# returned the top of the heap to the OS once several GiB of expert buffers were freed)
 
 
 def keep_freed_host_memory() -> bool:
@@ -40,5 +41,5 @@ def keep_freed_host_memory() -> bool:
     libc.gnu_get_libc_version  # pylint: disable=pointless-statement  (glibc only)
   except (OSError, AttributeError):
     return False
-  return all([mallopt(_M_MMAP_MAX, 0), mallopt(_M_TRIM_THRESHOLD, _KEEP),
+  return all([mallopt(_M_MMAP_MAX, 0), mallopt(_M_TRIM_THRESHOLD, _NEVER),
               mallopt(_M_ARENA_MAX, 1)])
