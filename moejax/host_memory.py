@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 
 _M_TRIM_THRESHOLD = -1  # glibc malloc.h
 _M_MMAP_MAX = -4
@@ -33,13 +34,8 @@ def keep_freed_host_memory() -> bool:
   if os.environ.get("MOEJAX_KEEP_HOST_MEMORY", "1") == "0":
     return False
   name = ctypes.util.find_library("c")
-  if not name:
+  if platform.libc_ver()[0] != "glibc" or not name:
     return False
-  try:
-    libc = ctypes.CDLL(name)
-    mallopt = libc.mallopt
-    libc.gnu_get_libc_version  # pylint: disable=pointless-statement  (glibc only)
-  except (OSError, AttributeError):
-    return False
+  mallopt = ctypes.CDLL(name).mallopt
   return all([mallopt(_M_MMAP_MAX, 0), mallopt(_M_TRIM_THRESHOLD, _NEVER),
               mallopt(_M_ARENA_MAX, 1)])

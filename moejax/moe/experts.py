@@ -39,7 +39,7 @@ def expert_matmul(x_ECI, w_EIO):
 
   The weight gradient contracts the rows. Contracting the row axis of both [E, C, .] operands
   sends the dot to a slower XLA:CPU path, so the input is transposed to [E, I, C] first
-  (E=64, C=64, I=256, O=512, 2 cores: 11 ms against 13-16 ms). Measured with the allocator
+  (E=64, C=64, I=256, O=512, 2 cores: 11-13 ms against 13-17 ms). Measured with the allocator
   setting of moejax/host_memory.py, a loop of one 2D dot per expert was no faster than the
   batched dot for the forward and input-gradient matmuls at C = 64-256, so both stay batched.
   """
