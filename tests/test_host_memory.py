@@ -1,6 +1,7 @@
 """moejax.host_memory: freed host memory is reused instead of page-faulted in every step."""
 
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 from tests.conftest import REPO
 
 # The weight gradient of a batched matmul, [64, 256, 512] float32 (32 MiB, the size of an MoE
-# layer's expert weights), computed 10 times after warm-up; prints the minor page faults.
+# layer's expert weights), computed 20 times; prints the minor page faults of each call.
 _PROBE = """
 import resource
 from moejax.host_memory import keep_freed_host_memory
@@ -18,21 +19,21 @@ import jax, jax.numpy as jnp
 loss = lambda x, w: jnp.sum(jnp.tanh(jnp.einsum("eci,eio->eco", x, w)))
 grad = jax.jit(jax.grad(loss, argnums=1))
 x, w = jnp.ones((64, 64, 256)), jnp.ones((64, 256, 512))
-for _ in range(3):
+faults = []
+for _ in range(20):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   grad(x, w).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-  grad(x, w).block_until_ready()
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, *faults)
 """
 
 
-def _probe(keep: str) -> tuple[bool, int]:
+def _probe(keep: str) -> tuple[bool, list[int]]:
   env = {"PYTHONPATH": str(REPO), "MOEJAX_KEEP_HOST_MEMORY": keep, "JAX_PLATFORMS": "cpu",
          "TF_CPP_MIN_LOG_LEVEL": "3"}
   out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
                        timeout=120, check=True).stdout.split()
-  return out[0] == "True", int(out[1])
+  return out[0] == "True", [int(n) for n in out[1:]]
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's")
@@ -40,6 +41,9 @@ def test_kept_host_memory_removes_the_page_faults_of_large_buffers():
   applied, faults = _probe("1")
   not_applied, faults_default = _probe("0")
   assert applied and not not_applied
-  pages = 10 * 32 * 2 ** 20 // 4096  # ten fresh 32 MiB gradients
-  assert faults_default > pages // 2, faults_default  # glibc's default: a fresh mmap each
-  assert faults < pages // 4, faults  # at most the heap's growth to its peak
+  pages = 32 * 2 ** 20 // 4096  # one fresh 32 MiB gradient
+  # glibc's default mmaps every call's gradient afresh. With the setting the heap grows to its
+  # peak in the first calls (how many varies with thread timing: 1 to 7 of 20 here), and the
+  # typical call after that reuses it without a fault.
+  assert statistics.median(faults_default) > pages // 2, faults_default
+  assert statistics.median(faults) < pages // 8, faults
