@@ -43,6 +43,7 @@ from absl import app, flags
 from flax import nnx
 
 from benchmarks.peak import matmul_peak_gflops
+from kernels_cpu import batched_gemm
 from moejax.host_memory import keep_freed_host_memory
 from moejax.moe.dispatch import dispatch
 from moejax.moe.experts import SwiGLUExperts, expert_matmul
@@ -225,9 +226,18 @@ def active_flops(tokens: int, d_model: int, top_k: int) -> float:
   return 3 * 3 * 2 * tokens * d_model * _FF_MULT.value * d_model * top_k
 
 
+def expert_gemm() -> str:
+  """What runs the experts' matmuls in ``sorted`` and ``experts`` (moejax/moe/experts.py)."""
+  on_cpu = jax.devices()[0].platform == "cpu"
+  if on_cpu and _DTYPE.value == "float32" and batched_gemm.available():
+    return "openblas (kernels_cpu)"
+  return "xla dot"
+
+
 def main(argv):
   del argv
   kept = keep_freed_host_memory()
+  gemm = expert_gemm()
   tokens = [4096] if _QUICK.value else [int(t) for t in _TOKENS.value]
   widths = [256] if _QUICK.value else [int(d) for d in _D_MODEL.value]
   top_ks = [1, 2] if _QUICK.value else [int(k) for k in _TOP_K.value]
@@ -235,7 +245,8 @@ def main(argv):
   peak = matmul_peak_gflops(dtype=_DTYPE.value)  # re-measured per group; the largest counts
   print(f"{_DTYPE.value} matmul peak {peak:.1f} GFLOP/s; expert hidden F = {_FF_MULT.value} * "
         f"d_model; {jax.device_count()} {jax.devices()[0].platform} device(s); freed host memory "
-        f"{'kept (moejax.host_memory)' if kept else 'returned to the OS'}", flush=True)
+        f"{'kept (moejax.host_memory)' if kept else 'returned to the OS'}; expert GEMMs: {gemm}",
+        flush=True)
   print(f"{'T':>6} {'D':>5} {'E':>3} {'K':>2} {'routing':>9} {'strategy':>10} "
         f"{'time_ms':>10} {'dense_ms':>10} {'ratio':>6} {'MFU':>6} {'faults':>8}", flush=True)
   results = []
@@ -281,7 +292,7 @@ def main(argv):
         f"{peak:.1f} GFLOP/s (the table's MFU used the value known at the time).", flush=True)
   print(json.dumps({"results": results, "matmul_peak_gflops": round(peak, 1),
                     "ff_mult": _FF_MULT.value, "dtype": _DTYPE.value,
-                    "device": jax.devices()[0].device_kind}))
+                    "device": jax.devices()[0].device_kind, "expert_gemm": gemm}))
 
 
 if __name__ == "__main__":

@@ -96,8 +96,9 @@ def available() -> bool:
 
 
 def batched_gemm(a, b, *, trans_a: bool = False, trans_b: bool = False):
-  """out[e] = op(a[e]) @ op(b[e]) on XLA:CPU; float32 [E, ., .] operands (requires
-  ``available()``)."""
+  """out[e] = op(a[e]) @ op(b[e]) on XLA:CPU, for float32 [E, ., .] operands."""
+  if not available():
+    raise RuntimeError("the CPU batched GEMM kernel is unavailable (see the warning above)")
   if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0]:
     raise ValueError(f"batched_gemm takes [E, rows, cols] operands, got {a.shape} and {b.shape}")
   if a.dtype != jnp.float32 or b.dtype != jnp.float32:

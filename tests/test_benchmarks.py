@@ -21,3 +21,4 @@ def test_moe_layer_benchmark_prints_every_strategy_and_routing():
     assert row["ratio_vs_dense"] > 0 and row["page_faults"] >= 0
     assert {"tokens", "d_model", "num_experts", "top_k"} <= row.keys()
   assert report["dtype"] == "float32" and report["device"]
+  assert report["expert_gemm"] in ("openblas (kernels_cpu)", "xla dot")

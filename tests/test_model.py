@@ -30,10 +30,17 @@ def test_shapes_and_aux(smoke_config):
 
 
 def test_causality(smoke_config):
+  """Changing token 9 leaves every earlier logit bit for bit the same.
+
+  One sequence: the tokens before token 9 keep their rows in every expert group (groups are
+  ordered by token), so they see the same arithmetic. In a batch, another sequence's tokens
+  move within the groups when token 9 changes expert, and a BLAS GEMM may round a row
+  differently at another row position (OpenBLAS's micro-kernel blocks; kernels_cpu/).
+  """
   model, cfg = build(smoke_config)
   graphdef, state = nnx.split(model)
   forward = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids)[0])
-  ids = random_ids((2, 16), cfg.vocab_size)
+  ids = random_ids((1, 16), cfg.vocab_size)
   changed = ids.at[:, 9].set((ids[:, 9] % (cfg.vocab_size - 1)) + 1)
   before, after = forward(state, ids), forward(state, changed)
   np.testing.assert_array_equal(before[:, :9], after[:, :9])
