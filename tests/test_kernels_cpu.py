@@ -13,17 +13,19 @@ from kernels_cpu import batched_gemm as bg
 from moejax.moe.experts import expert_matmul
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(not bg.available(), reason="the CPU kernel could not be built")
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu" or not bg.available(),
+                                reason="a CPU kernel, and it could be built here")
 
 _EINSUM = {(False, False): "eij,ejk->eik", (False, True): "eij,ekj->eik",
            (True, False): "eji,ejk->eik", (True, True): "eji,ekj->eik"}
 
 
 @pytest.mark.parametrize("trans_a,trans_b", list(_EINSUM))
-@pytest.mark.parametrize("rows,inner,cols", [(5, 7, 3), (64, 32, 48), (0, 4, 6), (3, 0, 2)])
-def test_batched_gemm_matches_einsum(trans_a, trans_b, rows, inner, cols):
+@pytest.mark.parametrize("experts,rows,inner,cols", [
+    (9, 5, 7, 3), (9, 64, 32, 48), (9, 0, 4, 6), (9, 3, 0, 2),
+    (1, 5, 7, 200), (2, 33, 16, 1000)])  # few entries: split into blocks of output columns
+def test_batched_gemm_matches_einsum(trans_a, trans_b, experts, rows, inner, cols):
   rng = np.random.default_rng(0)
-  experts = 9  # more than the pool's threads: entries are shared out
   a = rng.normal(size=(experts, inner, rows) if trans_a else (experts, rows, inner))
   b = rng.normal(size=(experts, cols, inner) if trans_b else (experts, inner, cols))
   a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
@@ -60,6 +62,8 @@ def test_expert_matmul_runs_every_float32_matmul_on_the_kernel():
   assert _custom_calls(jax.grad(loss, argnums=(0, 1)), x, w) == 3
   assert _custom_calls(jax.grad(loss, argnums=(0, 1)), x.astype(jnp.bfloat16),
                        w.astype(jnp.bfloat16)) == 0  # XLA's dot
+  xla_loss = lambda x, w: jnp.sum(expert_matmul(x, w, False) ** 2)  # the overflow blocks' form
+  assert _custom_calls(jax.grad(xla_loss, argnums=(0, 1)), x, w) == 0
 
 
 def _available_in_subprocess(env: dict) -> tuple[bool, str]:

@@ -41,9 +41,13 @@ class BlockTables(NamedTuple):
 
 
 def _single_expert_matmul(x_RI, w_1IO):
-  """The grouped matmul of one block: its rows times the (single) expert slice (with the
-  weight gradient of ``expert_matmul``)."""
-  return expert_matmul(x_RI[None], w_1IO)[0]
+  """The grouped matmul of one block: its rows times the (single) expert slice, with XLA's dot.
+
+  A block (16-128 rows of one expert) is too small to share out over threads in the CPU BLAS
+  kernel of ``expert_matmul``: with it, skewed routing measured 2.9x the dense FFN instead of
+  2.25x (T=4096, d_model=256, E=64, k=1).
+  """
+  return expert_matmul(x_RI[None], w_1IO, False)[0]
 
 
 def _expert_slice(expert_state, expert):

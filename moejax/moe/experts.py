@@ -34,7 +34,7 @@ def batched_matmul(x_ECI, w_EIO):
   return jnp.einsum("eci,eio->eco", x_ECI, w_EIO)
 
 
-def _grouped_dot(a, b, *, trans_a: bool = False, trans_b: bool = False):
+def _grouped_dot(a, b, *, trans_a: bool = False, trans_b: bool = False, cpu_kernel: bool = True):
   """op(a[e]) @ op(b[e]) for every group e, accumulated in float32.
 
   On XLA:CPU, float32 goes to OpenBLAS (kernels_cpu/batched_gemm.py: 1.3-1.8x faster than
@@ -49,30 +49,32 @@ def _grouped_dot(a, b, *, trans_a: bool = False, trans_b: bool = False):
     return jnp.einsum("eci,eoi->eco" if trans_b else "eci,eio->eco", a, b,
                       preferred_element_type=jnp.float32)
 
-  if a.dtype == b.dtype == jnp.float32 and batched_gemm.available():
+  on_cpu = jax.default_backend() == "cpu"  # no CPU kernel build on GPU/TPU hosts
+  if cpu_kernel and a.dtype == b.dtype == jnp.float32 and on_cpu and batched_gemm.available():
     blas_dot = functools.partial(batched_gemm.batched_gemm, trans_a=trans_a, trans_b=trans_b)
     return lax.platform_dependent(a, b, cpu=blas_dot, default=xla_dot)
   return xla_dot(a, b)
 
 
-@jax.custom_vjp
-def expert_matmul(x_ECI, w_EIO):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def expert_matmul(x_ECI, w_EIO, cpu_kernel: bool = True):
   """``batched_matmul`` tuned for the batched pass of ``sorted``: each of the forward,
   input-gradient and weight-gradient matmuls is one grouped dot (``_grouped_dot``: OpenBLAS on
-  XLA:CPU). Measured with the allocator setting of moejax/host_memory.py, a loop of one 2D dot
-  per expert was no faster than XLA's batched dot at C = 64-256 rows.
+  XLA:CPU unless ``cpu_kernel`` is False). Measured with the allocator setting of
+  moejax/host_memory.py, a loop of one 2D dot per expert was no faster than XLA's batched dot
+  at C = 64-256 rows.
   """
-  return _grouped_dot(x_ECI, w_EIO).astype(x_ECI.dtype)
+  return _grouped_dot(x_ECI, w_EIO, cpu_kernel=cpu_kernel).astype(x_ECI.dtype)
 
 
-def _expert_matmul_fwd(x_ECI, w_EIO):
-  return expert_matmul(x_ECI, w_EIO), (x_ECI, w_EIO)
+def _expert_matmul_fwd(x_ECI, w_EIO, cpu_kernel):
+  return expert_matmul(x_ECI, w_EIO, cpu_kernel), (x_ECI, w_EIO)
 
 
-def _expert_matmul_bwd(residuals, dy_ECO):
+def _expert_matmul_bwd(cpu_kernel, residuals, dy_ECO):
   x_ECI, w_EIO = residuals
-  dx_ECI = _grouped_dot(dy_ECO, w_EIO, trans_b=True)
-  dw_EIO = _grouped_dot(x_ECI, dy_ECO, trans_a=True)
+  dx_ECI = _grouped_dot(dy_ECO, w_EIO, trans_b=True, cpu_kernel=cpu_kernel)
+  dw_EIO = _grouped_dot(x_ECI, dy_ECO, trans_a=True, cpu_kernel=cpu_kernel)
   return dx_ECI.astype(x_ECI.dtype), dw_EIO.astype(w_EIO.dtype)
 
 
