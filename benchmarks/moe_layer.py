@@ -17,8 +17,11 @@ the mean load) and, on request, ``random`` (uniform: multinomial load noise). Th
 on ``--baseline_routings``: ``einsum`` with capacity factor 1.25 (it drops tokens; dropless it
 needs O(T^2) memory), skipped where its [T, E, C] tensors exceed ``--einsum_max_elements``;
 ``ragged_dot``, which on CPU computes every expert over all rows (about E times the dense
-work). ``experts`` is the floor of any dispatch built on XLA's batched dot: the expert FFN
-alone on tokens already grouped as [E, T*K/E, D] (balanced, no sort, gather or combine). A
+work). ``experts`` is the floor of any dispatch built on the batched pass: the expert FFN
+alone on tokens already grouped as [E, T*K/E, D] (balanced, no sort, gather or combine).
+``dense_blas`` (a reference, shown with E=1) is the dense FFN computed by the experts' CPU BLAS
+kernel (kernels_cpu/) instead of XLA's dot: a ratio below 1 there means part of the MoE
+layer's speed against XLA's dense FFN comes from the faster GEMM library, not the dispatch. A
 baseline expected to take longer than ``--max_baseline_s`` per call is skipped, a
 group runs fewer rounds when ``--max_group_s`` would be exceeded, and ``--max_dense_s`` skips the
 groups whose dense FFN alone is expected to take longer per call.
@@ -52,8 +55,9 @@ from moejax.moe.routers import Routing
 _QUICK = flags.DEFINE_bool("quick", False,
                            "T=4096, D=256, K in {1, 2}, balanced and skewed: under two minutes.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds per group (median).")
-_STRATEGIES = flags.DEFINE_list("strategies", ["sorted", "experts", "einsum", "ragged_dot"],
-                                "Dispatch strategies to time.")
+_STRATEGIES = flags.DEFINE_list("strategies",
+                                ["sorted", "experts", "einsum", "ragged_dot", "dense_blas"],
+                                "Dispatch strategies to time (and dense_blas, a reference).")
 _TOKENS = flags.DEFINE_list("tokens", ["4096", "16384"], "Token counts (full grid).")
 _D_MODEL = flags.DEFINE_list("d_model", ["256", "1024"], "Model widths (full grid).")
 _EXPERTS = flags.DEFINE_list("experts", ["8", "64"], "Expert counts.")
@@ -79,6 +83,7 @@ _MAX_DENSE_S = flags.DEFINE_float("max_dense_s", None,
 _EINSUM_CAPACITY = 1.25
 DEFAULT_STRATEGY = "sorted"
 EXPERTS_ONLY = "experts"  # the grouped matmuls without dispatch: the floor of "sorted"
+DENSE_BLAS = "dense_blas"  # the dense FFN with the experts' CPU BLAS kernel (E=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,13 +136,15 @@ def dense_step(d_model: int, d_ff: int):
 def moe_step(point: Point, d_ff: int, strategy: str):
   """jit(forward+backward) of dispatch + experts + combine; returns (fn, args after tokens)."""
   dtype = jnp.dtype(_DTYPE.value)
+  if strategy == DENSE_BLAS:  # one expert as wide as the dense FFN
+    point, d_ff = dataclasses.replace(point, num_experts=1, top_k=1), point.top_k * d_ff
   experts = SwiGLUExperts(point.num_experts, point.d_model, d_ff, param_dtype=dtype,
                           dtype=dtype, rngs=nnx.Rngs(0))
   graphdef, weights = nnx.split(experts)
   options = {"capacity_factor": _EINSUM_CAPACITY} if strategy == "einsum" else {}
 
   def loss(x_TD, weights, routing):
-    if strategy == EXPERTS_ONLY:
+    if strategy in (EXPERTS_ONLY, DENSE_BLAS):
       x_ECD = jnp.broadcast_to(x_TD, (point.top_k, *x_TD.shape)).reshape(
           point.num_experts, -1, point.d_model)
       y_TD = nnx.merge(graphdef, weights)(x_ECD, expert_matmul)
@@ -158,6 +165,8 @@ def skip_reason(point: Point, strategy: str, dense_s: float) -> str | None:
     cap = -(-int(point.tokens * point.top_k * _EINSUM_CAPACITY) // point.num_experts)
     if point.tokens * point.num_experts * cap > _EINSUM_MAX.value:
       return "T*E*C too large"
+  if strategy == DENSE_BLAS and expert_gemm() == "xla dot":
+    return "no CPU BLAS kernel here: the dense row is XLA's already"
   if jax.default_backend() != "cpu":
     return None
   if strategy == "einsum":
@@ -254,10 +263,12 @@ def main(argv):
     for d in widths:
       for k in top_ks:
         wanted = [(Point(t, d, e, k, r), s) for e in experts if k <= e
-                  for s in _STRATEGIES.value
+                  for s in _STRATEGIES.value if s != DENSE_BLAS
                   for r in (_ROUTINGS.value if s == DEFAULT_STRATEGY
                             else ["balanced"] if s == EXPERTS_ONLY
                             else _BASELINE_ROUTINGS.value)]
+        if DENSE_BLAS in _STRATEGIES.value:  # E=1 in the table: no routing
+          wanted.append((Point(t, d, 1, k, "balanced"), DENSE_BLAS))
         peak = max(peak, matmul_peak_gflops(dtype=_DTYPE.value))
         flops = active_flops(t, d, k)
         if _MAX_DENSE_S.value is not None and flops / peak / 1e9 > _MAX_DENSE_S.value:

@@ -10,8 +10,8 @@ from tests.conftest import run_module
 @pytest.mark.slow
 def test_moe_layer_benchmark_prints_every_strategy_and_routing():
   proc = run_module("benchmarks.moe_layer", "--tokens=64", "--d_model=16", "--experts=4",
-                    "--top_k=1,2", "--repeats=1", "--strategies=sorted,experts,einsum,ragged_dot",
-                    timeout=300)
+                    "--top_k=1,2", "--repeats=1",
+                    "--strategies=sorted,experts,einsum,ragged_dot,dense_blas", timeout=300)
   report = json.loads(proc.stdout.strip().splitlines()[-1])
   rows = {(r["strategy"], r["routing"], r["top_k"]) for r in report["results"]}
   for k in (1, 2):
@@ -22,3 +22,6 @@ def test_moe_layer_benchmark_prints_every_strategy_and_routing():
     assert {"tokens", "d_model", "num_experts", "top_k"} <= row.keys()
   assert report["dtype"] == "float32" and report["device"]
   assert report["expert_gemm"] in ("openblas (kernels_cpu)", "xla dot")
+  if report["expert_gemm"] != "xla dot":  # the dense FFN on the CPU kernel, as one expert
+    assert {("dense_blas", "balanced", 1)} <= {(r["strategy"], r["routing"], r["num_experts"])
+                                                for r in report["results"]}
