@@ -46,10 +46,9 @@ from absl import app, flags
 from flax import nnx
 
 from benchmarks.peak import matmul_peak_gflops
-from kernels_cpu import batched_gemm
 from moejax.host_memory import keep_freed_host_memory
 from moejax.moe.dispatch import dispatch
-from moejax.moe.experts import SwiGLUExperts, expert_matmul
+from moejax.moe.experts import SwiGLUExperts, expert_matmul, uses_cpu_kernel
 from moejax.moe.routers import Routing
 
 _QUICK = flags.DEFINE_bool("quick", False,
@@ -237,10 +236,7 @@ def active_flops(tokens: int, d_model: int, top_k: int) -> float:
 
 def expert_gemm() -> str:
   """What runs the experts' matmuls in ``sorted`` and ``experts`` (moejax/moe/experts.py)."""
-  on_cpu = jax.devices()[0].platform == "cpu"
-  if on_cpu and _DTYPE.value == "float32" and batched_gemm.available():
-    return "openblas (kernels_cpu)"
-  return "xla dot"
+  return "openblas (kernels_cpu)" if uses_cpu_kernel(_DTYPE.value) else "xla dot"
 
 
 def main(argv):

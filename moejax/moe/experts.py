@@ -34,6 +34,14 @@ def batched_matmul(x_ECI, w_EIO):
   return jnp.einsum("eci,eio->eco", x_ECI, w_EIO)
 
 
+def uses_cpu_kernel(dtype) -> bool:
+  """Whether ``expert_matmul`` runs on the CPU BLAS kernel (kernels_cpu/) for this dtype here:
+  float32 on an XLA:CPU default backend where the kernel could be built (no CPU kernel build on
+  GPU/TPU hosts)."""
+  return (jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu"
+          and batched_gemm.available())
+
+
 def _grouped_dot(a, b, *, trans_a: bool = False, trans_b: bool = False, cpu_kernel: bool = True):
   """op(a[e]) @ op(b[e]) for every group e, accumulated in float32.
 
@@ -49,8 +57,7 @@ def _grouped_dot(a, b, *, trans_a: bool = False, trans_b: bool = False, cpu_kern
     return jnp.einsum("eci,eoi->eco" if trans_b else "eci,eio->eco", a, b,
                       preferred_element_type=jnp.float32)
 
-  on_cpu = jax.default_backend() == "cpu"  # no CPU kernel build on GPU/TPU hosts
-  if cpu_kernel and a.dtype == b.dtype == jnp.float32 and on_cpu and batched_gemm.available():
+  if cpu_kernel and a.dtype == b.dtype and uses_cpu_kernel(a.dtype):
     blas_dot = functools.partial(batched_gemm.batched_gemm, trans_a=trans_a, trans_b=trans_b)
     return lax.platform_dependent(a, b, cpu=blas_dot, default=xla_dot)
   return xla_dot(a, b)
