@@ -20,16 +20,19 @@ needs O(T^2) memory), skipped where its [T, E, C] tensors exceed ``--einsum_max_
 work). ``experts`` is the floor of any dispatch built on the batched pass: the expert FFN
 alone on tokens already grouped as [E, T*K/E, D] (balanced, no sort, gather or combine).
 ``dense_blas`` (a reference, shown with E=1) is the dense FFN computed by the experts' CPU BLAS
-kernel (kernels_cpu/) instead of XLA's dot: a ratio below 1 there means part of the MoE
-layer's speed against XLA's dense FFN comes from the faster GEMM library, not the dispatch. A
-baseline expected to take longer than ``--max_baseline_s`` per call is skipped, a
-group runs fewer rounds when ``--max_group_s`` would be exceeded, and ``--max_dense_s`` skips the
-groups whose dense FFN alone is expected to take longer per call.
+kernel (kernels_cpu/, forced for all three GEMMs) instead of XLA's dot: a ratio below 1 there
+means that library is faster than XLA's on this machine for the dense shapes. A baseline
+expected to take longer than ``--max_baseline_s`` per call is skipped, a group runs fewer
+rounds when ``--max_group_s`` would be exceeded, and ``--max_dense_s`` skips the groups whose
+dense FFN alone is expected to take longer per call.
 
 Prints a table, then one JSON line {"results": [...], ...}. The ``faults`` column counts the
 minor page faults per call: large counts mean the step spends its time in the kernel mapping
-fresh memory (see moejax/host_memory.py). Not a test: timings depend on the machine and its
-load.
+fresh memory (see moejax/host_memory.py). The ``gemm f/dx/dw`` column (JSON: ``gemm``) says
+what ran the expert matmuls' forward, input-gradient and weight-gradient GEMMs: ``blas`` (the
+CPU kernel) or ``xla``, as kernels_cpu/expert_matmul.py chose them (measured per shape class
+unless ``MOEJAX_CPU_GEMM`` forces it; ``mix`` where its matmuls' classes chose differently).
+Not a test: timings depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ from absl import app, flags
 from flax import nnx
 
 from benchmarks.peak import matmul_peak_gflops
+from kernels_cpu.expert_matmul import (ALL_BLAS, GemmChoice, cpu_gemm_setting,
+                                       fixed_expert_matmul, recorded_choices, uses_cpu_kernel)
 from moejax.host_memory import keep_freed_host_memory
 from moejax.moe.dispatch import dispatch
-from moejax.moe.experts import SwiGLUExperts, expert_matmul, uses_cpu_kernel
+from moejax.moe.experts import SwiGLUExperts, expert_matmul
 from moejax.moe.routers import Routing
 
 _QUICK = flags.DEFINE_bool("quick", False,
@@ -83,6 +88,7 @@ _EINSUM_CAPACITY = 1.25
 DEFAULT_STRATEGY = "sorted"
 EXPERTS_ONLY = "experts"  # the grouped matmuls without dispatch: the floor of "sorted"
 DENSE_BLAS = "dense_blas"  # the dense FFN with the experts' CPU BLAS kernel (E=1)
+AUTOTUNED = "openblas (kernels_cpu) or xla dot, measured per shape class"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +152,8 @@ def moe_step(point: Point, d_ff: int, strategy: str):
     if strategy in (EXPERTS_ONLY, DENSE_BLAS):
       x_ECD = jnp.broadcast_to(x_TD, (point.top_k, *x_TD.shape)).reshape(
           point.num_experts, -1, point.d_model)
-      y_TD = nnx.merge(graphdef, weights)(x_ECD, expert_matmul)
+      matmul = expert_matmul if strategy == EXPERTS_ONLY else _blas_matmul
+      y_TD = nnx.merge(graphdef, weights)(x_ECD, matmul)
     else:
       y_TD, _ = dispatch(strategy, x_TD, routing, nnx.merge(graphdef, weights), **options)
     return jnp.sum(jnp.square(y_TD.astype(jnp.float32)))
@@ -155,6 +162,19 @@ def moe_step(point: Point, d_ff: int, strategy: str):
   # differentiated too: its combine weights get gradients, its int32 ids float0 ones.
   grad_fn = jax.grad(loss, argnums=(0, 1, 2), allow_int=True)
   return jax.jit(grad_fn), (weights, make_routing(point))
+
+
+def _blas_matmul(x_ECI, w_EIO):
+  return fixed_expert_matmul(x_ECI, w_EIO, ALL_BLAS)
+
+
+def gemm_choice(choices: list[GemmChoice]) -> dict[str, str] | None:
+  """The implementation of each GEMM kind over the traced expert matmuls (``mix`` where they
+  differ); None where no expert_matmul ran."""
+  if not choices:
+    return None
+  kinds = {kind: {getattr(choice, kind) for choice in choices} for kind in GemmChoice._fields}
+  return {kind: impls.pop() if len(impls) == 1 else "mix" for kind, impls in kinds.items()}
 
 
 def skip_reason(point: Point, strategy: str, dense_s: float) -> str | None:
@@ -197,21 +217,23 @@ def time_group(tokens: int, d_model: int, top_k: int, variants_wanted, repeats: 
   after one untimed round (so the host heap has grown to its steady size).
 
   Returns ({variant: (median seconds, median page faults) per call}, {variant: skip reason},
-  rounds run).
+  rounds run, {variant: gemm_choice}).
   """
   group_start = time.perf_counter()
   d_ff = _FF_MULT.value * d_model
   x_TD = jax.random.normal(jax.random.key(0), (tokens, d_model)).astype(_DTYPE.value)
   variants = {"dense": dense_step(d_model, top_k * d_ff)}
   dense_first_s, _ = _run(*variants["dense"], x_TD)  # includes compilation: an upper bound
-  skipped = {}
+  skipped, gemms = {}, {}
   for point, strategy in variants_wanted:
     reason = skip_reason(point, strategy, dense_first_s)
     if reason:
       skipped[(point, strategy)] = reason
-    else:
-      variants[(point, strategy)] = moe_step(point, d_ff, strategy)
+      continue
+    variants[(point, strategy)] = moe_step(point, d_ff, strategy)
+    with recorded_choices() as choices:  # the expert GEMMs are chosen (measured) while tracing
       _run(*variants[(point, strategy)], x_TD)  # compile and warm up
+    gemms[(point, strategy)] = gemm_choice([ALL_BLAS] if strategy == DENSE_BLAS else choices)
   for fn, args in variants.values():
     _run(fn, args, x_TD)
   samples = {name: [] for name in variants}
@@ -226,7 +248,7 @@ def time_group(tokens: int, d_model: int, top_k: int, variants_wanted, repeats: 
       break
   medians = {name: tuple(float(v) for v in np.median(np.array(runs), axis=0))
              for name, runs in samples.items()}
-  return medians, skipped, rounds
+  return medians, skipped, rounds, gemms
 
 
 def active_flops(tokens: int, d_model: int, top_k: int) -> float:
@@ -235,8 +257,13 @@ def active_flops(tokens: int, d_model: int, top_k: int) -> float:
 
 
 def expert_gemm() -> str:
-  """What runs the experts' matmuls in ``sorted`` and ``experts`` (moejax/moe/experts.py)."""
-  return "openblas (kernels_cpu)" if uses_cpu_kernel(_DTYPE.value) else "xla dot"
+  """What may run the experts' matmuls in ``sorted`` and ``experts`` (the gemm column says
+  what did, per point)."""
+  if not uses_cpu_kernel(_DTYPE.value):
+    return "xla dot"
+  if cpu_gemm_setting() == "1":
+    return "openblas (kernels_cpu)"
+  return AUTOTUNED
 
 
 def main(argv):
@@ -253,7 +280,8 @@ def main(argv):
         f"{'kept (moejax.host_memory)' if kept else 'returned to the OS'}; expert GEMMs: {gemm}",
         flush=True)
   print(f"{'T':>6} {'D':>5} {'E':>3} {'K':>2} {'routing':>9} {'strategy':>10} "
-        f"{'time_ms':>10} {'dense_ms':>10} {'ratio':>6} {'MFU':>6} {'faults':>8}", flush=True)
+        f"{'time_ms':>10} {'dense_ms':>10} {'ratio':>6} {'MFU':>6} {'faults':>8} "
+        f"{'gemm f/dx/dw':>14}", flush=True)
   results = []
   for t in tokens:
     for d in widths:
@@ -271,7 +299,7 @@ def main(argv):
           print(f"{t:>6} {d:>5}   * {k:>2}  skipped group: dense expected "
                 f"~{flops / peak / 1e9:.0f}s per call at peak", flush=True)
           continue
-        medians, skipped, rounds = time_group(t, d, k, wanted, _REPEATS.value)
+        medians, skipped, rounds, gemms = time_group(t, d, k, wanted, _REPEATS.value)
         dense_s, dense_faults = medians["dense"]
         for point, strategy in wanted:
           prefix = (f"{t:>6} {d:>5} {point.num_experts:>3} {k:>2} {point.routing:>9} "
@@ -280,16 +308,18 @@ def main(argv):
             print(f"{prefix}  skipped: {skipped[(point, strategy)]}", flush=True)
             continue
           seconds, faults = medians[(point, strategy)]
+          gemm_used = gemms[(point, strategy)]
           print(f"{prefix} {seconds * 1e3:10.3f} {dense_s * 1e3:10.3f} "
-                f"{seconds / dense_s:6.2f} {flops / seconds / 1e9 / peak:6.1%} {faults:8.0f}",
-                flush=True)
+                f"{seconds / dense_s:6.2f} {flops / seconds / 1e9 / peak:6.1%} {faults:8.0f} "
+                f"{'/'.join(gemm_used.values()) if gemm_used else '-':>14}", flush=True)
           results.append({**dataclasses.asdict(point), "strategy": strategy,
                           "ratio_vs_dense": round(seconds / dense_s, 3),
                           "seconds": float(f"{seconds:.4g}"),
                           "dense_seconds": float(f"{dense_s:.4g}"),
                           "gflops": round(flops / seconds / 1e9, 1),
                           "dense_gflops": round(flops / dense_s / 1e9, 1), "rounds": rounds,
-                          "page_faults": round(faults), "dense_page_faults": round(dense_faults)})
+                          "page_faults": round(faults), "dense_page_faults": round(dense_faults),
+                          **({"gemm": gemm_used} if gemm_used else {})})
         print(f"{'':>36} dense MFU {flops / dense_s / 1e9 / peak:.1%}, {dense_faults:.0f} "
               f"page faults per call, {rounds} round(s)", flush=True)
   peak = max(peak, matmul_peak_gflops(dtype=_DTYPE.value))

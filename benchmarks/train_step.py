@@ -32,7 +32,7 @@ _DEPTHS = flags.DEFINE_list("depths", ["2", "16"], "Layer counts for the compile
 def step_throughput(config, steps: int) -> float:
   """Median seconds per train step (after compilation) on one device."""
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  train_step, tx, _ = build_train_step(config, model_graphdef(config.model))
+  train_step, tx, _ = build_train_step(config, model_graphdef(config))
   source = make_source(config.data, config.model.vocab_size)
   with sharding.use_rules(config.sharding_rules):
     state, _ = init_train_state(config, tx, mesh)

@@ -3,12 +3,14 @@ a few minutes on 2 cores), ``paper`` (the study's model family, Nakamura et al. 
 and compiled here, trained on a pod).
 
   python -m experiments.train --config=configs/lm_moe.py:tiny --workdir=/tmp/run \
-      --config.model.num_experts=16
+      --config.model.moe.num_experts=16
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from moejax.moe import config as moe_config
 
 PRESETS = ("smoke", "tiny", "paper")
 
@@ -18,31 +20,19 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 
   Heads, kv heads and the FFN sizes follow d_model (heads = d_model / head_dim, hidden =
   2 * d_model) unless set explicitly, so ``--config.model.d_model=1024`` gives the paper's d1024.
+  The MoE layer's fields are the section ``moe`` (moejax/moe/config.py documents each).
   """
   cfg = ml_collections.ConfigDict(dict(
       vocab_size=99_584,          # 99,574 SentencePiece pieces padded to a multiple of 128
       d_model=512,
       num_layers=16,
       head_dim=128,
-      num_experts=8,
-      top_k=2,
-      shared_expert_d_ff=0,       # 0: no always-on shared expert
-      moe_every=1,                # 1: every layer MoE; n: every n-th; 0: dense model
-      router="softmax_top_k",     # softmax_top_k | sigmoid_top_k | noisy_top_k | expert_choice
-                                  # | sinkhorn_top_k | relu  (moejax/moe/routers.py)
-      router_renormalize=True,
-      router_bias_update_rate=0.0,  # > 0: aux-loss-free balancing bias (softmax/sigmoid top-k)
-      router_noise_std=ml_collections.FieldReference(None, field_type=float),  # None: 1/E
-      sinkhorn_iterations=8,
-      initial_top_k=ml_collections.FieldReference(None, field_type=int),  # top-k schedule:
-      top_k_decay_steps=0,        # k falls from initial_top_k to top_k over these steps
-      dispatch="sorted",          # sorted (dropless) | einsum (GShard reference) | ragged_dot
-      capacity_factor=ml_collections.FieldReference(None, field_type=float),  # None: dropless
-      batch_prioritized_routing=False,  # with a capacity: fill it by decreasing top gate (BPR)
-      granularity=1,              # expert hidden = 2 * d_model / granularity (fine-grained)
-      balance_per_sequence=False,  # balance loss per sequence, averaged
-      detailed_moe_metrics=False,  # load spread, importance, token/chunk sparsity metrics
-      sparsity_chunk_size=8,
+      # MoE placement (moejax/models/trunk.py): every n-th layer (1: all, 0: a dense model),
+      # optionally only the last n of those (V-MoE "last-n"), or an explicit list of indices.
+      moe_every=1,
+      moe_last_n=ml_collections.FieldReference(None, field_type=int),
+      moe_layers=ml_collections.FieldReference(None, field_type=tuple),
+      ffn_type="swiglu",          # dense FFN layers: swiglu | gelu
       rope_base=10_000.0,
       norm_eps=1e-5,
       dtype="float32",            # compute dtype: float32 | bfloat16
@@ -54,9 +44,21 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   cfg.num_heads = cfg.get_ref("d_model") // cfg.get_ref("head_dim")
   cfg.num_kv_heads = cfg.get_ref("d_model") // cfg.get_ref("head_dim")  # MHA: kv = query heads
   cfg.d_ff = 2 * cfg.get_ref("d_model")         # hidden of dense FFN layers
-  cfg.expert_d_ff = 2 * cfg.get_ref("d_model") // cfg.get_ref("granularity")  # per expert
+  cfg.moe = moe_config.config_section(num_experts=8, top_k=2)
+  # Each expert's hidden size: 2 * d_model / granularity (fine-grained MoE).
+  cfg.moe.d_ff = 2 * cfg.get_ref("d_model") // cfg.moe.get_ref("granularity")
   cfg.update(overrides)
   return cfg
+
+
+def aux_loss_weights() -> ml_collections.ConfigDict:
+  """Weight of each auxiliary loss by name, for every loss a router or the MoE layer defines;
+  None (the default) takes the default of the component that defines it (load balance 1e-2
+  and router z 1e-3 as in Nakamura et al. 2025; V-MoE's importance and load losses 0.005).
+  Setting a weight for a loss the model does not return is a config error."""
+  names = moe_config.all_aux_loss_names()
+  return ml_collections.ConfigDict(
+      {name: ml_collections.FieldReference(None, field_type=float) for name in names})
 
 
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
@@ -64,6 +66,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown preset {preset!r} for configs/lm_moe.py; choose from {PRESETS}")
   cfg = ml_collections.ConfigDict()
   cfg.preset = preset
+  cfg.task = "lm"                 # the model family (moejax/training/task.py)
   cfg.seed = 0
   cfg.model = model_config()
   # Data (moejax/data/): "suites" = the memorization/reasoning/filler mixture built offline
@@ -77,10 +80,8 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
       eval_seed=1_000_003))    # ... or, for synthetic data, a stream with another seed
   cfg.optim = ml_collections.ConfigDict(dict(
       lr=4e-4, min_lr=4e-5, warmup_steps=2000, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
-      grad_clip=1.0, load_balance_coef=1e-2, router_z_coef=1e-3,
-      # Coefficients of the other MoE losses (aux keys importance_loss, load_loss,
-      # router_sparsity_loss); V-MoE uses 0.005 each for importance and load.
-      importance_loss_coef=0.0, load_loss_coef=0.0, router_sparsity_coef=0.0))
+      grad_clip=1.0))
+  cfg.aux_loss_weights = aux_loss_weights()
   cfg.train = ml_collections.ConfigDict(dict(
       steps=29_803, log_every=10, checkpoint_every=500, keep_checkpoints=3, eval_batches=8,
       progress_bar=True))
@@ -101,15 +102,15 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   ]
 
   if preset == "smoke":
-    cfg.model.update(vocab_size=64, d_model=32, num_layers=2, head_dim=16, num_kv_heads=1,
-                     num_experts=4, top_k=2)
+    cfg.model.update(vocab_size=64, d_model=32, num_layers=2, head_dim=16, num_kv_heads=1)
+    cfg.model.moe.update(num_experts=4, top_k=2)
     cfg.data.update(source="synthetic", batch_size=8, seq_len=32)
     cfg.optim.update(lr=3e-3, min_lr=3e-4, warmup_steps=5)
     cfg.train.update(steps=30, log_every=5, checkpoint_every=10, eval_batches=2)
     cfg.eval.sc_samples = 0
   elif preset == "tiny":
-    cfg.model.update(vocab_size=512, d_model=128, num_layers=4, head_dim=32, num_experts=8,
-                     top_k=2)
+    cfg.model.update(vocab_size=512, d_model=128, num_layers=4, head_dim=32)
+    cfg.model.moe.update(num_experts=8, top_k=2)
     cfg.data.update(batch_size=32, seq_len=128)
     cfg.optim.update(lr=2e-3, min_lr=2e-4, warmup_steps=20)
     cfg.train.update(steps=200, log_every=10, checkpoint_every=100, eval_batches=8)

@@ -39,9 +39,11 @@ def enable_compilation_cache() -> None:
 
 def run(main: Callable[[list[str]], None]) -> None:
   """``app.run`` with flag and config-override errors reported in one line, quiet library
-  logging (orbax logs every save at INFO) and the persistent compilation cache."""
+  logging (orbax logs every save at INFO), the persistent compilation cache and the host
+  allocator setting (moejax/host_memory.py: freed XLA:CPU buffers are reused, not re-mapped)."""
 
   def wrapped(argv):
+    keep_freed_host_memory()
     logging.set_verbosity(logging.WARNING)
     enable_compilation_cache()
     return main(argv)

@@ -1,6 +1,6 @@
 """Train one model: ``python -m experiments.train --config=configs/lm_moe.py:tiny --workdir=DIR``.
 
-Overrides: ``--config.model.num_experts=16`` etc. Re-running on the same workdir resumes.
+Overrides: ``--config.model.moe.num_experts=16`` etc. Re-running on the same workdir resumes.
 Multi-host: start one process per host with ``--coordinator=HOST:PORT --num_processes=N
 --process_id=I`` (on TPU pods ``jax.distributed.initialize()`` needs no flags: pass
 ``--distributed``).

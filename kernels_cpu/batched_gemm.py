@@ -3,9 +3,10 @@
 ``batched_gemm(a, b, trans_a=False, trans_b=False)`` is out[e] = op(a[e]) @ op(b[e]) for
 [E, rows, cols] float32 operands, as an XLA FFI custom call (batched_gemm.cc). It exists for the
 grouped matmuls of MoE experts: many small matmuls, each with its own weights (64-256 rows per
-expert). On the 2-core development machine (E=64, 64 rows, 256 x 512) XLA:CPU's batched dot
-runs them at 68-94 GFLOP/s and this kernel at 94-104: forward 11 ms against 13.5-14.5 ms, input
-gradient 11 against 15-16, weight gradient 10.4 against 11.5.
+expert). Whether it beats XLA's dot depends on the machine: 1.1-1.4x faster than XLA's
+batched dot on a 2-core AVX2 box, but it ran the dense FFN 1.8x slower than XLA on an AVX-512
+AMD EPYC (OPENBLAS_CORETYPE=Haswell, XLA's dot ~430 GFLOP/s). So expert_matmul.py uses it only
+for the shapes where autotune.py measured it faster.
 
 The C++ handler is compiled with the system's C++ compiler on first use (about 4 s) into
 ``$MOEJAX_KERNEL_CACHE`` (default ~/.cache/moejax/kernels), keyed by the source and jaxlib
@@ -31,19 +32,20 @@ import jax.numpy as jnp
 import jaxlib
 
 TARGET = "moejax_batched_gemm"
-_SOURCE = pathlib.Path(__file__).with_name("batched_gemm.cc")
+SOURCE = pathlib.Path(__file__).with_name("batched_gemm.cc")
 
 
-def _cache_dir() -> pathlib.Path:
+def cache_dir() -> pathlib.Path:
+  """Where the built kernel and the autotuning choices live."""
   default = pathlib.Path.home() / ".cache" / "moejax" / "kernels"
   return pathlib.Path(os.environ.get("MOEJAX_KERNEL_CACHE", default))
 
 
 def _build() -> pathlib.Path:
   """Compiles the handler (once per source and jaxlib version) and returns the library."""
-  source = _SOURCE.read_bytes()
+  source = SOURCE.read_bytes()
   key = hashlib.sha256(source + jaxlib.__version__.encode()).hexdigest()[:16]
-  library = _cache_dir() / f"batched_gemm-{key}.so"
+  library = cache_dir() / f"batched_gemm-{key}.so"
   if library.exists():
     return library
   compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -54,7 +56,7 @@ def _build() -> pathlib.Path:
   with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
     partial = pathlib.Path(tmp) / library.name
     command = [compiler, "-O2", "-shared", "-fPIC", "-std=c++17", "-w",
-               f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(partial)]
+               f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
       raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")

@@ -1,6 +1,6 @@
 """Exact parameter and FLOP counts from a model config, without building the model.
 
-Conventions (Nakamura et al. 2025 checkpoint names, RESEARCH.md section 1):
+Conventions (Nakamura et al. 2025, arXiv 2508.18672, whose checkpoint names these reproduce):
 - total parameters: every weight, embeddings and untied output head included;
 - active parameters: the weights one token uses; the experts it is not routed to and the router
   weights are excluded;
@@ -10,52 +10,67 @@ Conventions (Nakamura et al. 2025 checkpoint names, RESEARCH.md section 1):
   2 * 2 * seq_len * num_heads * head_dim per layer (full, not causally halved, as in Hoffmann
   et al. 2022).
 
-  python -m moejax.counting --config=configs/lm_moe.py:paper --config.model.d_model=1024 \
-      --config.model.num_experts=64 --config.model.top_k=8
+``trunk_breakdown`` counts the shared trunk (models/trunk.py) of any family; the LM functions
+add its embedding, final norm and head. The CLI is ``python -m experiments.count``.
 """
 
 from __future__ import annotations
 
-import json
-
 import ml_collections
 
+from moejax.models.trunk import TrunkConfig
+from moejax.moe.routers import ROUTERS
 
-def _swiglu(d_model: int, d_ff: int) -> int:
-  return 3 * d_model * d_ff
+_FFN_MATRICES = {"swiglu": 3, "gelu": 2}  # d x f matrices of one FFN
+
+
+def _ffn(kind: str, d_model: int, d_ff: int) -> int:
+  return _FFN_MATRICES[kind] * d_model * d_ff
+
+
+def trunk_breakdown(trunk: TrunkConfig) -> dict[str, int]:
+  """Parameter count per component of the trunk (all layers)."""
+  d, moe = trunk.d_model, trunk.moe
+  moe_layers = trunk.num_moe_layers
+  dense_layers = trunk.num_layers - moe_layers
+  attention = d * trunk.num_heads * trunk.head_dim * 2 + d * trunk.num_kv_heads * trunk.head_dim * 2
+  parts = {
+      "norms": 2 * d * trunk.num_layers,
+      "attention": attention * trunk.num_layers,
+      "dense_ffn": _ffn(trunk.ffn_type, d, trunk.d_ff) * dense_layers,
+      "router": ROUTERS[moe.router].num_params(d, moe.num_experts) * moe_layers,
+      "experts": moe.num_experts * _ffn(moe.expert_type, d, moe.d_ff) * moe_layers,
+      "shared_experts": _ffn("swiglu", d, moe.shared_d_ff) * moe_layers,
+  }
+  if trunk.cond_dim:
+    parts["modulation"] = (trunk.cond_dim + 1) * 6 * d * trunk.num_layers
+  return parts
+
+
+def active_params(trunk: TrunkConfig, parts: dict[str, int]) -> int:
+  """Total minus the router and the experts a token is not routed to."""
+  moe = trunk.moe
+  inactive_experts = parts["experts"] * (moe.num_experts - moe.top_k) // max(moe.num_experts, 1)
+  return sum(parts.values()) - parts["router"] - inactive_experts
 
 
 def param_breakdown(model: ml_collections.ConfigDict) -> dict[str, int]:
-  """Parameter count per component (whole model)."""
-  d = model.d_model
-  groups = model.num_layers // max(model.moe_every, 1)
-  moe_layers = groups if model.moe_every else 0
-  dense_layers = model.num_layers - moe_layers
-  attention = (d * model.num_heads * model.head_dim * 2
-               + d * model.num_kv_heads * model.head_dim * 2)
-  return {
-      "embedding": model.vocab_size * d,
-      "output_head": d * model.vocab_size,
-      "norms": 2 * d * model.num_layers + d,
-      "attention": attention * model.num_layers,
-      "dense_ffn": _swiglu(d, model.d_ff) * dense_layers,
-      "router": (d + (model.get("router") == "relu")) * model.num_experts * moe_layers,
-      "experts": model.num_experts * _swiglu(d, model.expert_d_ff) * moe_layers,
-      "shared_experts": _swiglu(d, model.shared_expert_d_ff) * moe_layers,
-  }
+  """Parameter count per component of the language model."""
+  trunk = TrunkConfig.from_config(model)
+  parts = trunk_breakdown(trunk)
+  parts["norms"] += model.d_model  # the final norm
+  return {"embedding": model.vocab_size * model.d_model,
+          "output_head": model.d_model * model.vocab_size, **parts}
 
 
 def count_params(model: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(total, active) parameter counts."""
+  """(total, active) parameter counts of the language model."""
   parts = param_breakdown(model)
-  total = sum(parts.values())
-  inactive_experts = (parts["experts"] * (model.num_experts - model.top_k)
-                      // max(model.num_experts, 1))
-  return total, total - parts["router"] - inactive_experts
+  return sum(parts.values()), active_params(TrunkConfig.from_config(model), parts)
 
 
 def train_flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> int:
-  """Training FLOPs per token (3x forward; see the module docstring)."""
+  """Training FLOPs per token of the language model (3x forward; see the module docstring)."""
   parts = param_breakdown(model)
   _, active = count_params(model)
   matmul_params = active - parts["embedding"] - parts["norms"] + parts["router"]
@@ -76,12 +91,12 @@ def format_count(n: int) -> str:
 def run_name(model: ml_collections.ConfigDict) -> str:
   """The study's checkpoint name, e.g. ``d1024-E64-k8-6.7B-A1.1B``."""
   total, active = count_params(model)
-  return (f"d{model.d_model}-E{model.num_experts}-k{model.top_k}-"
+  return (f"d{model.d_model}-E{model.moe.num_experts}-k{model.moe.top_k}-"
           f"{format_count(total)}-A{format_count(active)}")
 
 
 def summary(config: ml_collections.ConfigDict) -> dict:
-  """Counts for a full run config (model + data); tokens = steps * batch * seq_len."""
+  """Counts for a full LM run config (model + data); tokens = steps * batch * seq_len."""
   model = config.model
   total, active = count_params(model)
   tokens = config.train.steps * config.data.batch_size * config.data.seq_len
@@ -95,18 +110,3 @@ def summary(config: ml_collections.ConfigDict) -> dict:
       "train_flops": flops_per_token * tokens,
       "params_by_component": param_breakdown(model),
   }
-
-
-def main(argv):
-  del argv
-  from experiments.flags import CONFIG  # pylint: disable=import-outside-toplevel
-  from moejax import validation  # pylint: disable=import-outside-toplevel
-  config = CONFIG.value
-  validation.validate_model(config.model)
-  print(json.dumps(summary(config)))
-
-
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=import-outside-toplevel
-  from experiments import flags as _  # noqa: F401  defines --config
-  app.run(main)

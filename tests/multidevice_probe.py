@@ -26,8 +26,8 @@ def main(workdir: str):
     state, _ = init_train_state(config, tx, mesh)
   specs = {
       "embedding": list(state.params["embed"]["embedding_VD"][...].sharding.spec),
-      "experts": list(state.params["groups"]["moe_block"]["ffn"]["experts"]["w_gate_EDF"][...]
-                      .sharding.spec),
+      "experts": list(state.params["trunk"]["stages"][0]["blocks"][0]["ffn"]["experts"][
+          "w_gate_EDF"][...].sharding.spec),
   }
   print(json.dumps({"devices": jax.device_count(), "specs": specs}))
 

@@ -13,26 +13,28 @@ from tests.conftest import run_module
 
 
 def built_counts(model_cfg):
-  model = nnx.eval_shape(lambda: MoELM(model_cfg, rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: MoELM.from_config(model_cfg, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   flat = {"/".join(map(str, path)): v for path, v in nnx.to_flat_state(params)}
   total = sum(v.size for v in jax.tree.leaves(params))
   router = sum(v.size for k, v in flat.items() if "router" in k)
   experts = sum(v.size for k, v in flat.items() if "/experts/" in k)
-  active = total - router - experts * (model_cfg.num_experts - model_cfg.top_k) // (
-      model_cfg.num_experts)
+  moe = model_cfg.moe
+  active = total - router - experts * (moe.num_experts - moe.top_k) // moe.num_experts
   return total, active
 
 
 @pytest.mark.parametrize("overrides", [
-    {}, {"moe_every": 2, "num_layers": 4}, {"moe_every": 0}, {"shared_expert_d_ff": 48},
-    {"num_kv_heads": 1}, {"num_experts": 8, "top_k": 1}, {"expert_d_ff": 24},
+    {}, {"moe_every": 2, "num_layers": 4}, {"moe_every": 0}, {"moe": {"shared_d_ff": 48}},
+    {"num_kv_heads": 1}, {"moe": {"num_experts": 8, "top_k": 1}}, {"moe": {"d_ff": 24}},
+    {"num_layers": 6, "moe_every": 2, "moe_last_n": 2}, {"num_layers": 5, "moe_layers": (0, 3)},
+    {"moe": {"expert_type": "gelu", "router": "relu"}, "ffn_type": "gelu", "moe_every": 2},
 ])
 def test_counts_equal_built_parameter_tree(overrides):
   model_cfg = lm_moe.get_config("smoke").model
   model_cfg.update(overrides)
   total, active = counting.count_params(model_cfg)
-  if not model_cfg.moe_every:
+  if not (model_cfg.moe_every or model_cfg.moe_layers):
     active = total
   assert (total, active) == built_counts(model_cfg)
 
@@ -49,7 +51,7 @@ def test_paper_preset_counts_equal_built_tree_abstractly():
 ])
 def test_paper_checkpoint_names(d_model, experts, top_k, name):
   model_cfg = lm_moe.get_config("paper").model
-  model_cfg.update(d_model=d_model, num_experts=experts, top_k=top_k)
+  model_cfg.update(d_model=d_model, moe=dict(num_experts=experts, top_k=top_k))
   assert counting.run_name(model_cfg) == name
 
 
@@ -64,9 +66,9 @@ def test_train_flops_follow_6n_plus_attention():
 
 
 def test_counting_cli_prints_one_json_line():
-  proc = run_module("moejax.counting", "--config=configs/lm_moe.py:paper",
-                    "--config.model.d_model=1024", "--config.model.num_experts=64",
-                    "--config.model.top_k=8")
+  proc = run_module("experiments.count", "--config=configs/lm_moe.py:paper",
+                    "--config.model.d_model=1024", "--config.model.moe.num_experts=64",
+                    "--config.model.moe.top_k=8")
   lines = [l for l in proc.stdout.splitlines() if l.strip()]
   assert len(lines) == 1
   result = json.loads(lines[0])

@@ -17,7 +17,7 @@ from moejax.evaluation import decoding
 from moejax.evaluation import likelihood
 from moejax.evaluation import model_io
 from moejax.models.lm import MoELM
-from moejax.training.step import masked_cross_entropy
+from moejax.tasks.lm import masked_cross_entropy
 
 VOCAB = 256  # the smoke tokenizer's vocabulary, so programs are shared with test_eval_suites
 ROWS, BUCKET, NEW, LENGTH = 4, 128, 8, 136
@@ -27,7 +27,7 @@ ROWS, BUCKET, NEW, LENGTH = 4, 128, 8, 136
 def model():
   cfg = lm_moe.get_config("smoke").model.copy_and_resolve_references()
   cfg.vocab_size = VOCAB
-  return MoELM(cfg, rngs=nnx.Rngs(0))
+  return MoELM.from_config(cfg, rngs=nnx.Rngs(0))
 
 
 @pytest.fixture(scope="module")

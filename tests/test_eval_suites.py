@@ -35,7 +35,7 @@ def data(tmp_path_factory):
 def model_and_config(data):
   cfg = lm_moe.get_config("smoke").model.copy_and_resolve_references()
   cfg.vocab_size = tokenizer_lib.tokenizer_vocab_size(data[0], "smoke")
-  return MoELM(cfg, rngs=nnx.Rngs(0)), cfg
+  return MoELM.from_config(cfg, rngs=nnx.Rngs(0)), cfg
 
 
 def test_item_tokens_follow_the_training_format(data):

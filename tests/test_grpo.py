@@ -26,7 +26,7 @@ VOCAB = 64  # the smoke model's vocabulary
 
 def smoke_model(seed=0):
   cfg = lm_moe.get_config("smoke").model.copy_and_resolve_references()
-  return split_model(MoELM(cfg, rngs=nnx.Rngs(seed)))
+  return split_model(MoELM.from_config(cfg, rngs=nnx.Rngs(seed)))
 
 
 def test_group_advantages_are_normalised_within_groups():
@@ -69,7 +69,7 @@ def test_a_step_raises_the_rewarded_completion_and_lowers_the_other():
 
   @jax.jit
   def completion_logprobs_B(p):
-    logp_BT, _ = grpo.token_logprobs(graphdef, p, rest, batch, 1.0, None)
+    logp_BT, _ = grpo.token_logprobs(nnx.merge(graphdef, p, rest), batch, 1.0, None)
     return jnp.sum(logp_BT * batch["mask"], axis=1)
 
   state = grpo.init_state(params, rest, tx)

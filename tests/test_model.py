@@ -7,13 +7,13 @@ import pytest
 from flax import nnx
 
 from moejax.models.lm import MoELM
-from moejax.training.step import masked_cross_entropy
+from moejax.tasks.lm import masked_cross_entropy
 
 
 def build(config, **overrides):
   model_cfg = config.model.copy_and_resolve_references()
   model_cfg.update(overrides)
-  return MoELM(model_cfg, rngs=nnx.Rngs(0)), model_cfg
+  return MoELM.from_config(model_cfg, rngs=nnx.Rngs(0)), model_cfg
 
 
 def random_ids(shape, vocab, seed=0):
@@ -58,14 +58,15 @@ def test_packed_segments_do_not_see_each_other(smoke_config):
 
 
 @pytest.mark.parametrize("overrides", [
-    {"moe_every": 2}, {"moe_every": 0}, {"shared_expert_d_ff": 16}, {"num_kv_heads": 2},
-    {"dispatch": "einsum"}, {"top_k": 4},
+    {"moe_every": 2}, {"moe_every": 0}, {"moe": {"shared_d_ff": 16}}, {"num_kv_heads": 2},
+    {"moe": {"dispatch": "einsum"}}, {"moe": {"top_k": 4}}, {"moe_layers": (0,)},
+    {"moe": {"expert_type": "gelu"}, "ffn_type": "gelu", "moe_every": 2},
 ])
 def test_variants_run_and_are_finite(smoke_config, overrides):
   model, cfg = build(smoke_config, **overrides)
   logits, aux = model(random_ids((2, 8), cfg.vocab_size))
   assert np.isfinite(np.asarray(logits)).all()
-  assert ("load_balance_loss" in aux) == (cfg.moe_every > 0)
+  assert ("load_balance_loss" in aux) == bool(cfg.moe_every or cfg.moe_layers)
 
 
 def test_remat_changes_memory_not_results(smoke_config):
@@ -99,6 +100,6 @@ def test_bfloat16_compute(smoke_config):
 
 def test_layers_are_stacked_on_a_leading_axis(smoke_config):
   model, cfg = build(smoke_config, num_layers=4, moe_every=2)
-  w = model.groups.moe_block.ffn.experts.w_gate_EDF
-  assert w.shape == (2, cfg.num_experts, cfg.d_model, cfg.expert_d_ff)
+  w = model.trunk.stages[0].blocks[1].ffn.experts.w_gate_EDF
+  assert w.shape == (2, cfg.moe.num_experts, cfg.d_model, cfg.moe.d_ff)
   assert w.get_metadata()["out_sharding"] == ("layers", "expert", "embed", "mlp")

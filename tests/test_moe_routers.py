@@ -1,4 +1,5 @@
-"""Routers, balancing, schedules, losses and metrics, and the MoE layer's training-time state."""
+"""Routers: the routing functions, the router modules and their registry, balancing,
+schedules, losses and metrics (the MoE layer itself: test_moe_layer.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,9 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from moejax.errors import ConfigError
 from moejax.moe import losses
 from moejax.moe import routers as R
-from moejax.moe.layer import EXPERT_LOAD, MoELayer, is_moe_layer, set_moe_step
+from moejax.moe.config import MoEConfig
+from moejax.moe.layer import EXPERT_LOAD, set_moe_step
 from tests.test_moe import build, fast_jit
 
 T, E = 64, 8
@@ -91,9 +94,8 @@ def test_sinkhorn_marginals_and_balance():
 
 
 def test_relu_router_uses_a_variable_number_of_experts():
-  scale = build(lambda: R.ReLURouterScale(E, rngs=nnx.Rngs(0)))
   logits_TE = logits(5)
-  routing, aux = R.relu_routing(logits_TE, scale)
+  routing, aux = R.relu_routing(logits_TE)
   scores_TE = jax.nn.relu(logits_TE)
   scores_TE = scores_TE / jnp.sqrt(jnp.mean(scores_TE ** 2, -1, keepdims=True) + 1e-6)
   np.testing.assert_array_equal(routing.active(), logits_TE > 0)
@@ -101,7 +103,9 @@ def test_relu_router_uses_a_variable_number_of_experts():
   counts_T = routing.active().sum(-1)
   assert counts_T.min() < counts_T.max()  # variable number of experts per token
   np.testing.assert_allclose(aux["router_sparsity_loss"], scores_TE.sum(-1).mean(), rtol=1e-5)
-  capped, _ = R.relu_routing(logits_TE, scale, max_experts=2)
+  scaled, _ = R.relu_routing(logits_TE, jnp.full((E,), 2.0))
+  np.testing.assert_allclose(scaled.weights_TK, 2 * scores_TE, rtol=1e-5, atol=1e-6)
+  capped, _ = R.relu_routing(logits_TE, max_experts=2)
   assert capped.expert_ids_TK.shape == (T, 2) and int(capped.active().sum(-1).max()) <= 2
 
 
@@ -162,54 +166,117 @@ def test_balance_losses_and_metrics():
   np.testing.assert_allclose(metrics["min_load"], 2 / 4)
 
 
-@pytest.mark.parametrize("router,options", [
-    ("sigmoid_top_k", {"bias_update_rate": 1e-2}), ("noisy_top_k", {}),
-    ("expert_choice", {"capacity_factor": 1.5}), ("sinkhorn_top_k", {}), ("relu", {}),
-    ("softmax_top_k", {"top_k_schedule": (4, 10), "detailed_metrics": True,
-                       "expert_type": "gelu"}),
-])
-def test_moe_layer_runs_every_router(router, options):
-  layer = build(lambda: MoELayer(16, E, 2, 32, router=router, rngs=nnx.Rngs(0), **options))
-  graphdef, state = nnx.split(layer)
+D = 16
 
-  @fast_jit
-  def forward(state, x_BSD):
-    model = nnx.merge(graphdef, state, copy=True)
-    y_BSD, aux = model(x_BSD)
-    return y_BSD, aux, nnx.state(model)
 
-  y_BSD, aux, new_state = forward(state, jax.random.normal(jax.random.key(1), (2, 16, 16)))
-  assert y_BSD.shape == (2, 16, 16) and np.isfinite(y_BSD).all()
-  load_E = aux.pop(EXPERT_LOAD, None)
-  assert all(np.isfinite(v) and v.shape == () for v in aux.values())
-  assert {"load_balance_loss", "router_z_loss", "max_load", "dropped_fraction"} <= set(aux)
-  extra = {"noisy_top_k": {"load_loss", "importance_loss"}, "relu": {"router_sparsity_loss"}}
-  assert extra.get(router, set()) <= set(aux)
-  assert (load_E is not None) == ("bias_update_rate" in options)
-  if "bias_update_rate" in options:  # the forward pass returns the load, the bias is untouched
-    assert load_E.shape == (E,) and float(load_E.sum()) == 2 * 16 * 2
-    np.testing.assert_array_equal(new_state["router_bias"][...], 0.0)
-    layer.update_bias(load_E)
-    np.testing.assert_allclose(layer.router_bias[...],
-                               1e-2 * np.sign(load_E.mean() - load_E), rtol=1e-6)
-  if "top_k_schedule" in options:
-    assert float(aux["top_k"]) == 4.0 and "chunk_sparsity" in aux
+def router_cfg(router: str, **options) -> MoEConfig:
+  return MoEConfig(num_experts=E, top_k=2, d_ff=8, router=router, **options)
+
+
+def test_registry_and_what_each_router_declares():
+  declared = {name: (r.supports_bias_balancing, r.supports_top_k_schedule, r.losses)
+              for name, r in R.ROUTERS.items()}
+  assert declared == {
+      "softmax_top_k": (True, True, {}),
+      "sigmoid_top_k": (True, True, {}),
+      "noisy_top_k": (False, True, {"importance_loss": 0.005, "load_loss": 0.005}),
+      "expert_choice": (False, False, {}),
+      "sinkhorn_top_k": (False, True, {}),
+      "relu": (False, False, {"router_sparsity_loss": 1e-3}),
+  }
+  assert all(issubclass(r, R.Router) for r in R.ROUTERS.values())
+  # Expert choice balances by construction: its Switch balance loss is the constant 1, so the
+  # layer does not return it (it would train nothing).
+  assert {n: r.omits_layer_losses for n, r in R.ROUTERS.items() if r.omits_layer_losses} == {
+      "expert_choice": ("load_balance_loss",)}
+  np.testing.assert_allclose(losses.load_balance_loss(R.expert_choice(logits(3), 10)), 1.0,
+                             rtol=1e-6)
+  assert router_cfg("expert_choice").aux_loss_defaults() == {"router_z_loss": 1e-3}
+
+
+@pytest.mark.parametrize("name", list(R.ROUTERS))
+def test_config_accepts_exactly_the_options_the_router_supports(name):
+  router = R.ROUTERS[name]
+  checks = [(router.supports_bias_balancing, {"bias_update_rate": 1e-2}),
+            (router.supports_top_k_schedule, {"initial_top_k": 4, "top_k_decay_steps": 10})]
+  for supported, options in checks:
+    if supported:
+      router_cfg(name, **options).check()
+    else:
+      with pytest.raises(ConfigError, match=f"config.model.moe.router in .* not '{name}'"):
+        router_cfg(name, **options).check()
+
+
+@pytest.mark.parametrize("name", list(R.ROUTERS))
+def test_each_router_owns_its_parameters_and_state(name):
+  router_class = R.ROUTERS[name]
+  options = {"bias_update_rate": 1e-2} if router_class.supports_bias_balancing else {}
+  router = nnx.eval_shape(lambda: router_class(D, router_cfg(name, **options),
+                                               rngs=nnx.Rngs(0)))
+  params = nnx.state(router, nnx.Param)
+  assert sum(v.size for v in jax.tree.leaves(params)) == router_class.num_params(D, E)
+  kinds = {type(v).__name__ for v in jax.tree.leaves(
+      nnx.state(router, nnx.Not(nnx.Param)), is_leaf=lambda v: isinstance(v, nnx.Variable))}
+  expected = {"noisy_top_k": {"MoEStep", "RouterNoiseKey"}}.get(name, set())
+  assert kinds == expected | ({"RouterBias"} if options else set())
+
+
+def test_routers_read_their_options_and_match_the_routing_functions():
+  x_TD = jax.random.normal(jax.random.key(7), (T, D))
+  cases = {
+      "softmax_top_k": ({"renormalize": False},
+                        lambda l: R.softmax_top_k(l, 2, renormalize=False)),
+      "sigmoid_top_k": ({}, lambda l: R.sigmoid_top_k(l, 2)),
+      "noisy_top_k": ({"noise_std": 0.5}, lambda l: R.noisy_top_k(l, 2, None, 0.5, True)[0]),
+      "expert_choice": ({"capacity_factor": 1.5}, lambda l: R.expert_choice(l, 24)),
+      "sinkhorn_top_k": ({"sinkhorn_iterations": 3},
+                         lambda l: R.sinkhorn_top_k(l, 2, iterations=3)),
+      "relu": ({}, lambda l: R.relu_routing(l)[0]),
+  }
+  for name, (options, reference) in cases.items():
+    router = build(lambda n=name, o=options: R.ROUTERS[n](D, router_cfg(n, **o),
+                                                        rngs=nnx.Rngs(0)))
+    router.eval()  # no noise: comparable with the noiseless function
+    graphdef, state = nnx.split(router)
+
+    @fast_jit
+    def both(state, x_TD, reference=reference):
+      module = nnx.merge(graphdef, state)
+      return module(x_TD)[0], reference(x_TD @ module.w_DE[...])
+
+    routing, expected = both(state, x_TD)
+    np.testing.assert_array_equal(routing.expert_ids_TK, expected.expert_ids_TK, err_msg=name)
+    np.testing.assert_allclose(routing.weights_TK, expected.weights_TK, rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+
+
+def test_dispatch_options_come_from_the_router():
+  def options(name, **cfg_options):
+    router = nnx.eval_shape(lambda: R.ROUTERS[name](D, router_cfg(name, **cfg_options),
+                                                    rngs=nnx.Rngs(0)))
+    return router.dispatch_options(T)
+
+  assert options("softmax_top_k", capacity_factor=1.25, batch_prioritized=True) == {
+      "capacity_factor": 1.25, "batch_prioritized": True, "rows_per_expert": T * 2 // E}
+  # Expert choice: every expert takes exactly its capacity ceil(T*k*cf/E), nothing overflows.
+  assert options("expert_choice", capacity_factor=1.5) == {"rows_per_expert": 24}
+  assert options("expert_choice") == {"rows_per_expert": 16}
 
 
 def test_noise_follows_the_step_and_eval_is_deterministic():
-  layer = build(lambda: MoELayer(16, E, 2, 32, router="noisy_top_k", noise_std=1.0,
-                                 rngs=nnx.Rngs(0)))
-  x_TD = jax.random.normal(jax.random.key(2), (64, 16))
-  route = fast_jit(lambda graphdef, state: nnx.merge(graphdef, state).route(x_TD)[0].expert_ids_TK,
+  router = build(lambda: R.NoisyTopK(D, router_cfg("noisy_top_k", noise_std=1.0),
+                                     rngs=nnx.Rngs(0)))
+  x_TD = jax.random.normal(jax.random.key(2), (T, D))
+  route = fast_jit(lambda graphdef, state: nnx.merge(graphdef, state)(x_TD)[0].expert_ids_TK,
                    static_argnums=0)
 
   def experts_at(step):
-    graphdef, state = nnx.split(layer)
+    graphdef, state = nnx.split(router)
     return route(graphdef, set_moe_step(state, step))
 
   assert np.array_equal(experts_at(3), experts_at(3))
   assert not np.array_equal(experts_at(3), experts_at(4))
-  layer.eval()
+  router.eval()
   np.testing.assert_array_equal(experts_at(3), experts_at(4))
 
 
@@ -218,9 +285,10 @@ def test_lm_returns_per_layer_loads_and_updates_each_layers_bias(smoke_config):
   ``update_router_biases`` moves each layer's stacked bias by its own load."""
   from moejax.models.lm import MoELM  # pylint: disable=import-outside-toplevel
   cfg = smoke_config.model.copy_and_resolve_references()
-  cfg.update(router="sigmoid_top_k", router_bias_update_rate=0.01, initial_top_k=3,
-             top_k_decay_steps=10, dispatch="einsum")  # smoke: E=4, k=2, 2 layers
-  graphdef, params, model_state = nnx.split(build(lambda: MoELM(cfg, rngs=nnx.Rngs(0))),
+  cfg.moe.update(router="sigmoid_top_k", bias_update_rate=0.01, initial_top_k=3,
+                 top_k_decay_steps=10, dispatch="einsum")  # smoke: E=4, k=2, 2 layers
+  graphdef, params, model_state = nnx.split(
+      build(lambda: MoELM.from_config(cfg, rngs=nnx.Rngs(0))),
                                             nnx.Param, ...)
   ids = jnp.asarray(np.random.default_rng(0).integers(1, cfg.vocab_size, (2, 16)), jnp.int32)
 
@@ -228,7 +296,7 @@ def test_lm_returns_per_layer_loads_and_updates_each_layers_bias(smoke_config):
   def forward_and_update(model_state, step):
     model = nnx.merge(graphdef, params, set_moe_step(model_state, step), copy=True)
     _, aux = model(ids)
-    bias_after_forward_LE = model.groups.moe_block.ffn.router_bias[...]
+    bias_after_forward_LE = model.trunk.stages[0].blocks[0].ffn.router.bias_E[...]
     model.update_router_biases(aux[EXPERT_LOAD])
     return aux, bias_after_forward_LE, nnx.state(model, nnx.Not(nnx.Param))
 
@@ -238,14 +306,8 @@ def test_lm_returns_per_layer_loads_and_updates_each_layers_bias(smoke_config):
   assert float(aux["top_k"]) == 3.0 and aux["max_load"].shape == ()
   np.testing.assert_array_equal(bias_after_forward_LE, 0.0)  # the forward pass mutates nothing
   expected_LE = 0.01 * np.sign(load_LE.mean(-1, keepdims=True) - load_LE)
-  np.testing.assert_allclose(updated["groups"]["moe_block"]["ffn"]["router_bias"][...],
-                             expected_LE, rtol=1e-6)
+  np.testing.assert_allclose(
+      updated["trunk"]["stages"][0]["blocks"][0]["ffn"]["router"]["bias_E"][...], expected_LE,
+      rtol=1e-6)
   assert float(forward_and_update(updated, 10)[0]["top_k"]) == 2.0
 
-
-def test_is_moe_layer_patterns():
-  assert [is_moe_layer(i, 6) for i in range(6)] == [True] * 6
-  assert [is_moe_layer(i, 6, every=2) for i in range(6)] == [False, True] * 3
-  assert [is_moe_layer(i, 6, every=2, last_n=3) for i in range(6)] == [False] * 3 + [
-      True, False, True]
-  assert not any(is_moe_layer(i, 6, every=0) for i in range(6))

@@ -13,6 +13,7 @@ from moejax import validation
 from moejax.data.sources import BATCH_KEYS, make_source
 from moejax.moe import routers
 from moejax.moe.layer import MoEStep, set_moe_step
+from moejax.tasks.lm import LMTask
 from moejax.training import checkpointing
 from moejax.training.state import make_init_fn, model_graphdef
 from moejax.training.step import build_train_step, make_eval_step
@@ -22,12 +23,13 @@ STEPS = 40
 RATE = 0.01
 
 
-def smoke_moe(**model) -> ml_collections.ConfigDict:
+def smoke_moe(**moe) -> ml_collections.ConfigDict:
   """The smoke preset (E=4, k=2, two MoE layers) without the balance and z losses: a
-  deliberately skewed setup where only the bias (if any) balances the experts' load."""
+  deliberately skewed setup where only the bias (if any) balances the experts' load.
+  ``moe`` updates ``config.model.moe``."""
   config = lm_moe.get_config("smoke")
-  config.optim.update(load_balance_coef=0.0, router_z_coef=0.0)
-  config.model.update(**model)
+  config.aux_loss_weights.update(load_balance_loss=0.0, router_z_loss=0.0)
+  config.model.moe.update(**moe)
   return config
 
 
@@ -36,7 +38,7 @@ class Trainer:
 
   def __init__(self, config):
     self.config = config
-    self.graphdef = model_graphdef(config.model)
+    self.graphdef = model_graphdef(config)
     train_step, tx, _ = build_train_step(config, self.graphdef)
     self.step = fast_jit(train_step)
     self._init = fast_jit(make_init_fn(config, tx))
@@ -60,8 +62,9 @@ class Trainer:
 
 def router_bias(state) -> np.ndarray:
   """The stacked aux-free bias [L, E] in a TrainState's model_state."""
-  (bias,) = [np.asarray(v) for path, v in jax.tree.leaves_with_path(state.model_state)
-             if "router_bias" in jax.tree_util.keystr(path)]
+  (bias,) = [np.asarray(v[...]) for v in jax.tree.leaves(
+      state.model_state, is_leaf=lambda v: isinstance(v, routers.RouterBias))
+             if isinstance(v, routers.RouterBias)]
   return bias
 
 
@@ -72,7 +75,7 @@ def late_max_load(rows) -> float:
 @pytest.fixture(scope="module")
 def biased():
   """A straight STEPS-step run with aux-free balancing: (trainer, final state, metrics)."""
-  trainer = Trainer(smoke_moe(router="sigmoid_top_k", router_bias_update_rate=RATE))
+  trainer = Trainer(smoke_moe(router="sigmoid_top_k", bias_update_rate=RATE))
   state, rows = trainer.run(trainer.init(), 0, STEPS)
   return trainer, state, rows
 
@@ -118,7 +121,7 @@ def test_bias_survives_checkpoint_and_resume(biased, tmp_path):
 
 def test_top_k_schedule_is_logged_applied_and_final_in_eval():
   decay = 8
-  config = smoke_moe(initial_top_k=4, top_k_decay_steps=decay, detailed_moe_metrics=True)
+  config = smoke_moe(initial_top_k=4, top_k_decay_steps=decay, detailed_metrics=True)
   trainer = Trainer(config)
   state, rows = trainer.run(trainer.init(), 0, 6)  # stops mid-schedule, at k = 3
   expected = [routers.top_k_at(s, 2, 4, decay) for s in range(6)]
@@ -133,7 +136,7 @@ def test_top_k_schedule_is_logged_applied_and_final_in_eval():
 
   # Evaluation routes with the final k whatever step the state holds: here step 5 (k = 3).
   batch = trainer.batch(100)
-  eval_loss = fast_jit(make_eval_step(trainer.graphdef))(
+  eval_loss = fast_jit(make_eval_step(trainer.graphdef, LMTask().loss))(
       state.replace(model_state=set_moe_step(state.model_state, 5)), batch)
   # The training loss of the same params at a step (computed before the update) ...
   at_step = lambda step: state.replace(step=jax.device_put(jnp.int32(step), state.step.sharding))
@@ -146,17 +149,19 @@ def test_top_k_schedule_is_logged_applied_and_final_in_eval():
 
 
 @pytest.mark.parametrize("model,train,message", [
-    ({"initial_top_k": 1}, {}, "config.model.initial_top_k=1 must be in [config.model.top_k=2"),
-    ({"initial_top_k": 5}, {}, "config.model.initial_top_k=5 must be in"),
+    ({"initial_top_k": 1}, {},
+     "config.model.moe.initial_top_k=1 must be in [config.model.moe.top_k=2"),
+    ({"initial_top_k": 5}, {}, "config.model.moe.initial_top_k=5 must be in"),
     ({"initial_top_k": 4, "top_k_decay_steps": 0}, {},
-     "config.model.top_k_decay_steps=0 must be > 0 for a schedule"),
+     "config.model.moe.top_k_decay_steps=0 must be > 0 for a schedule"),
     ({"initial_top_k": 4, "top_k_decay_steps": 31}, {"steps": 30},
-     "config.model.top_k_decay_steps=31 must be <= config.train.steps=30"),
-    ({"initial_top_k": 4, "router": "expert_choice"}, {}, "config.model.initial_top_k needs"),
-    ({"router_bias_update_rate": 0.01, "router": "noisy_top_k"}, {},
-     "config.model.router_bias_update_rate=0.01 needs config.model.router in"),
-    ({"router_bias_update_rate": 0.01, "router": "relu"}, {}, "not 'relu'"),
-    ({"router_bias_update_rate": -0.1}, {}, "router_bias_update_rate=-0.1 must be >= 0"),
+     "config.model.moe.top_k_decay_steps=31 must be <= config.train.steps=30"),
+    ({"initial_top_k": 4, "router": "expert_choice"}, {},
+     "config.model.moe.initial_top_k needs"),
+    ({"bias_update_rate": 0.01, "router": "noisy_top_k"}, {},
+     "config.model.moe.bias_update_rate=0.01 needs config.model.moe.router in"),
+    ({"bias_update_rate": 0.01, "router": "relu"}, {}, "not 'relu'"),
+    ({"bias_update_rate": -0.1}, {}, "bias_update_rate=-0.1 must be >= 0"),
 ])
 def test_impossible_schedules_and_biases_fail_fast(model, train, message, tmp_path):
   from moejax.training.trainer import train as train_run  # pylint: disable=import-outside-toplevel
@@ -171,6 +176,6 @@ def test_impossible_schedules_and_biases_fail_fast(model, train, message, tmp_pa
 
 
 def test_valid_schedule_and_bias_pass():
-  config = smoke_moe(router="sigmoid_top_k", router_bias_update_rate=0.01, initial_top_k=4,
+  config = smoke_moe(router="sigmoid_top_k", bias_update_rate=0.01, initial_top_k=4,
                      top_k_decay_steps=30)
   validation.validate_run(config, num_devices=1)

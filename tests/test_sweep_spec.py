@@ -75,9 +75,9 @@ def test_isoflop_runs_spend_equal_flops_at_varied_sparsity():
 
 def test_overrides_and_validation():
   runs = optimal_sparsity.get_sweep("smoke")
-  short = spec.apply_overrides(runs, ["train.steps=5", "optim.lr=0.5", "data.source=synthetic"])
-  assert [r.config.train.steps for r in short] == [5] * len(runs)
-  assert short[0].config.optim.lr == 0.5 and runs[0].config.train.steps != 5
+  short = spec.apply_overrides(runs, ["train.steps=6", "optim.lr=0.5", "data.source=synthetic"])
+  assert [r.config.train.steps for r in short] == [6] * len(runs)
+  assert short[0].config.optim.lr == 0.5 and runs[0].config.train.steps != 6
   for bad in ("train.stepz=5", "trian.steps=5", "train.steps", "train.steps=many"):
     with pytest.raises(ConfigError, match="override"):
       spec.apply_overrides(runs, [bad])
@@ -86,7 +86,7 @@ def test_overrides_and_validation():
   with pytest.raises(ConfigError, match="two runs named"):
     spec.validate([runs[0], runs[0]])
   with pytest.raises(ConfigError, match="top_k"):
-    spec.validate([spec.make_run(runs[1].config, model=dict(num_experts=2, top_k=4))])
+    spec.validate([spec.make_run(runs[1].config, model=dict(moe=dict(num_experts=2, top_k=4)))])
   assert [r.name for r in spec.select(runs, "E4")] == [runs[2].name]
 
 

@@ -80,8 +80,8 @@ def test_different_config_on_existing_workdir_is_refused(smoke_config, tmp_path)
   train(smoke(smoke_config, steps=10, checkpoint_every=5), str(tmp_path))
   before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
   changed = smoke(smoke_config, steps=10, checkpoint_every=5)
-  changed.model.num_experts = 8
-  with pytest.raises(ConfigError, match="config.model.num_experts: 4 -> 8"):
+  changed.model.moe.num_experts = 8
+  with pytest.raises(ConfigError, match="config.model.moe.num_experts: 4 -> 8"):
     train(changed, str(tmp_path))
   assert before == {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
 

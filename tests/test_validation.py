@@ -8,19 +8,22 @@ from tests.conftest import run_module
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("model.top_k", 8, "config.model.top_k=8 must be in"),
+    ("model.moe.top_k", 8, "config.model.moe.top_k=8 must be in"),
     ("model.num_heads", 3, "config.model.num_heads=3 does not divide config.model.d_model=32"),
     ("model.num_kv_heads", 3, "config.model.num_kv_heads=3 does not divide"),
     ("model.moe_every", 3, "config.model.moe_every=3 does not divide"),
-    ("model.dispatch", "magic", "config.model.dispatch='magic'"),
+    ("model.moe.dispatch", "magic", "config.model.moe.dispatch='magic'"),
     ("model.dtype", "float8", "config.model.dtype='float8'"),
     ("data.batch_size", 6, "config.data.batch_size=6 is not divisible"),
     ("mesh.data", 3, "config.mesh="),
 ])
 def test_invalid_fields_are_named(field, value, message):
   config = lm_moe.get_config("smoke")
-  section, name = field.split(".")
-  config[section][name] = value
+  *sections, name = field.split(".")
+  node = config
+  for section in sections:
+    node = node[section]
+  node[name] = value
   with pytest.raises(validation.ConfigError, match=message.replace("(", r"\(")):
     validation.validate_run(config, num_devices=4 if field == "data.batch_size" else 1)
 
@@ -41,7 +44,8 @@ def _existing_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--config=configs/lm_moe.py:smoke", "--config.model.top_k=9"], "config.model.top_k=9"),
+    (["--config=configs/lm_moe.py:smoke", "--config.model.moe.top_k=9"],
+     "config.model.moe.top_k=9"),
     (["--config=configs/lm_moe.py:gigantic"], "unknown preset 'gigantic'"),
     (["--config=configs/lm_moe.py:smoke", "--config.model.nonexistent=1"], "nonexistent"),
     (["--config=configs/lm_moe.py:smoke", "--config.data.batch_size=7",

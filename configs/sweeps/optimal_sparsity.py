@@ -27,7 +27,7 @@ from moejax.sweeps.spec import make_run, steps_for_flops
 
 PRESETS = ("paper", "tiny", "isoflop_tiny", "smoke")
 
-# The paper grid (RESEARCH.md section 1).
+# The paper grid (Nakamura et al. 2025, arXiv 2508.18672: 65 trained models).
 PAPER_D_MODELS = (512, 1024, 2048)
 PAPER_EXPERTS = (8, 16, 32, 64, 128, 256)
 PAPER_TOP_KS = (2, 4, 8, 16)
@@ -75,7 +75,7 @@ def _model(d_model: int, experts: int, top_k: int) -> dict:
   0.53 with, 0.70 without renormalisation at E=16)."""
   if experts == 1:
     return dict(d_model=d_model, moe_every=0, d_ff=top_k * 2 * d_model)
-  return dict(d_model=d_model, num_experts=experts, top_k=top_k, router_renormalize=top_k > 1)
+  return dict(d_model=d_model, moe=dict(num_experts=experts, top_k=top_k, renormalize=top_k > 1))
 
 
 def _run(base, p, seed: int, *, model: dict, suffix: str = "", **kwargs):

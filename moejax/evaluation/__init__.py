@@ -1,4 +1,4 @@
-"""Evaluation of language models on the suites (RESEARCH.md section 1, "Evaluation").
+"""Evaluation of language models on the suites (docs/optimal_sparsity.md, "Evaluation").
 
   from moejax.evaluation import evaluate_suites
   row = evaluate_suites(model, tok, "tiny", data_dir=DIR, max_items=200, sc_samples=8)

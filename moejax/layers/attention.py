@@ -1,4 +1,4 @@
-"""Causal grouped-query self-attention with RoPE and packed-segment masking.
+"""Grouped-query self-attention (causal or bidirectional) with RoPE and packed-segment masking.
 
 Two paths share the projections: ``__call__`` attends within one sequence (training, scoring);
 ``decode`` attends T new tokens over a key/value cache of S slots, passed in and returned as
@@ -18,13 +18,15 @@ from moejax.layers.embeddings import apply_rope
 from moejax.layers.params import fan_in_init, param
 
 
-def attention_mask(segment_ids_BT):
-  """Boolean mask [B, 1, T, T]: causal, and only within the same non-padding segment."""
+def attention_mask(segment_ids_BT, causal: bool = True):
+  """Boolean mask [B, 1, T, T]: causal (or bidirectional), and only within the same
+  non-padding segment."""
   t = segment_ids_BT.shape[1]
-  causal_TT = jnp.tril(jnp.ones((t, t), dtype=jnp.bool_))
   same_BTT = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
   valid_BT = segment_ids_BT != 0
-  mask_BTT = causal_TT[None] & same_BTT & valid_BT[:, None, :]
+  mask_BTT = same_BTT & valid_BT[:, None, :]
+  if causal:
+    mask_BTT = jnp.tril(jnp.ones((t, t), dtype=jnp.bool_))[None] & mask_BTT
   # A padding query still attends to itself so its softmax is well defined.
   mask_BTT = mask_BTT | jnp.eye(t, dtype=jnp.bool_)[None]
   return mask_BTT[:, None]
@@ -70,9 +72,10 @@ class Attention(nnx.Module):
     q_BTHK = jnp.einsum("btd,dhk->bthk", x_BTD, self.wq_DHK[...].astype(dt))
     k_BTGK = jnp.einsum("btd,dgk->btgk", x_BTD, self.wk_DGK[...].astype(dt))
     v_BTGK = jnp.einsum("btd,dgk->btgk", x_BTD, self.wv_DGK[...].astype(dt))
-    q_BTHK = sharding.constrain(apply_rope(q_BTHK, positions_BT, self.rope_base),
-                                ("batch", "seq", "act_heads", None))
-    k_BTGK = apply_rope(k_BTGK, positions_BT, self.rope_base)
+    if self.rope_base is not None:  # None: positions come from the embeddings (ViT, DiT)
+      q_BTHK = apply_rope(q_BTHK, positions_BT, self.rope_base)
+      k_BTGK = apply_rope(k_BTGK, positions_BT, self.rope_base)
+    q_BTHK = sharding.constrain(q_BTHK, ("batch", "seq", "act_heads", None))
     return q_BTHK, k_BTGK, v_BTGK
 
   def _attend(self, q_BTHK, k_BSGK, v_BSGK, mask_B1TS):

@@ -86,7 +86,8 @@ def routing_metrics(routing: Routing, seq_len: Optional[int] = None, chunk_size:
   """Scalar routing statistics.
 
   Always: max/mean expert load and router entropy (nats, mean over tokens). ``detailed`` adds
-  min/mean load, the load cv^2, active experts per token, token-level activation sparsity
+  min/mean load, the load cv^2, the importance cv^2 (the quantity of ``importance_loss``, here a
+  metric whatever the router), active experts per token, token-level activation sparsity
   (1 - mean fraction of experts a token uses) and chunk-level sparsity (1 - mean fraction of
   experts used by a chunk of ``chunk_size`` consecutive tokens of one sequence; BlockFFN,
   Song et al. 2025).
@@ -106,6 +107,7 @@ def routing_metrics(routing: Routing, seq_len: Optional[int] = None, chunk_size:
     metrics.update({
         "min_load": jnp.min(load_E) / mean_load,
         "load_cv2": squared_cv(load_E),
+        "importance_cv2": importance_loss(routing),
         "active_experts": jnp.mean(jnp.sum(used_TE, axis=-1)),
         "token_sparsity": 1.0 - jnp.mean(used_TE),
         "chunk_sparsity": 1.0 - jnp.mean(chunk_used),

@@ -5,7 +5,7 @@ Assignments compete for an expert's capacity in *priority order*: all first choi
 second choice (GShard, Lepikhin et al. 2020), and within a choice rank the tokens in batch order,
 or, with Batch Prioritized Routing (V-MoE, Riquelme et al. 2021), by decreasing top gate.
 ``sort_assignments`` sorts the assignments by (expert, priority) once; a choice's *rank* (its
-position within its expert) decides whether it fits the capacity.
+position within its expert) decides whether it fits the capacity (``fit_capacity``).
 
 Axes: T tokens, K choice slots, A = T*K assignments, E experts, C capacity.
 """
@@ -86,7 +86,27 @@ def assignment_ranks(routing: Routing, plan: SortedAssignments) -> jax.Array:
   return rank_A.reshape(routing.expert_ids_TK.shape)
 
 
-def kept_fraction(plan: SortedAssignments, capacity_rows: int) -> jax.Array:
-  """Fraction of the active assignments that fit ``capacity_rows`` rows per expert."""
+def dropped_fraction(plan: SortedAssignments, capacity_rows: Optional[int]) -> jax.Array:
+  """Fraction of the active assignments past ``capacity_rows`` rows per expert (None: 0)."""
+  if capacity_rows is None:
+    return jnp.zeros((), jnp.float32)
   kept = jnp.sum(jnp.minimum(plan.sizes_E, capacity_rows))
-  return kept / jnp.maximum(jnp.sum(plan.sizes_E), 1)
+  return 1.0 - kept / jnp.maximum(jnp.sum(plan.sizes_E), 1)
+
+
+def fit_capacity(routing: Routing, capacity_rows: int, batch_prioritized: bool):
+  """(the plan, [T, K] rank of each choice in its expert, [T, K] whether it is active and
+  fits ``capacity_rows``)."""
+  plan = sort_assignments(routing, batch_prioritized)
+  rank_TK = assignment_ranks(routing, plan)
+  return plan, rank_TK, routing.active() & (rank_TK < capacity_rows)
+
+
+def drop_over_capacity(routing: Routing, capacity_rows: int, batch_prioritized: bool):
+  """The routing with the choices past each expert's capacity deactivated (weight 0), and the
+  dropped fraction of the active choices."""
+  plan, _, kept_TK = fit_capacity(routing, capacity_rows, batch_prioritized)
+  dropped = dropped_fraction(plan, capacity_rows)
+  routing = routing.replace(weights_TK=jnp.where(kept_TK, routing.weights_TK, 0.0),
+                            active_TK=kept_TK)
+  return routing, dropped

@@ -1,86 +1,51 @@
-"""Routers: token representations -> a ``Routing`` (data, not module state) and router losses.
+"""Routers: nnx modules, one per routing rule, registered by name in ``ROUTERS``.
 
-Every router is a pure function of router logits (plus, for some, a bias, a PRNG key or a
-capacity). They all produce the same pytree, so dispatch, losses and metrics never need to know
-which router ran:
-  softmax_top_k    softmax, K most probable, renormalised or not (Switch, Mixtral, DiT-MoE).
-  sigmoid_top_k    sigmoid affinities, selection by affinity + balancing bias (aux-loss-free
-                   balancing, Wang et al. 2024; DeepSeek-V3). The bias steers selection only.
-  noisy_top_k      TOP_k(softmax(logits + noise)), noise ~ N(0, (1/E)^2), not renormalised
-                   (V-MoE, Riquelme et al. 2021), with the V-MoE load loss.
-  expert_choice    each expert takes its top-C tokens (Zhou et al. 2022); tokens use 0..E experts.
-  sinkhorn_top_k   top-k of a Sinkhorn-balanced assignment, weights from the softmax
-                   (S-BASE, Clark et al. 2022).
-  relu_routing     RMSNorm(ReLU(logits)): every positive score is an active expert, so tokens use
-                   a variable number of experts (BlockFFN, Song et al. 2025).
-A token's choices live on a K axis; a choice can be inactive (``active_TK`` False, weight 0):
-expert choice and ReLU routing use K = E slots, the top-k schedule (``top_k_at``) masks the
-choices beyond the current k. Inactive choices cost no expert compute in the ``sorted`` dispatch.
+A router maps tokens x_TD to a ``Routing`` (router_functions.py: which experts each token uses,
+with what weight) and to the auxiliary losses and metrics it defines. Each router owns
+  its parameters   the logits weight ``w_DE`` (all), the ReLU router's gain ``scale_E``;
+  its state        the aux-loss-free balancing bias (``RouterBias``), the training step
+                   (``MoEStep``: the top-k schedule, the noise) and the noise key;
+  its losses       ``losses``: name -> default weight, returned under those names by every call.
+The base class ``Router`` holds what routers share: the logits, the bias and its update, the
+step and the top-k schedule. A new router is one subclass (``route`` from logits, plus its class
+attributes) and one ``ROUTERS`` entry; the MoE layer, the config checks (config.py) and the
+train step's loss weights (``MoEConfig.aux_loss_defaults``) pick it up from there.
 
-Axes: T tokens (batch and sequence flattened), D d_model, E experts, K choice slots per token,
-C tokens per expert (expert choice).
+Training-time state is never a gradient: the forward pass only reads the bias; the train step
+calls ``update_bias`` with the step's expert loads after the gradient, and sets the step with
+``layer.set_moe_step``. ``model.eval()`` sets ``deterministic``: no noise, the final top_k.
+
+Axes: T tokens, D d_model, E experts, K choice slots per token.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, ClassVar
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from moejax.layers.params import param
 from moejax.moe import losses
+from moejax.moe.router_functions import (Routing, expert_choice, keep_first_choices,
+                                         noisy_top_k, relu_routing, sigmoid_top_k, sinkhorn,
+                                         sinkhorn_top_k, softmax_top_k, top_k_at)
+
+if TYPE_CHECKING:
+  from moejax.moe.config import MoEConfig
+
+__all__ = [  # the routing functions are re-exported: tests and dispatch use them from here
+    "ROUTERS", "ExpertChoice", "MoEStep", "NoisyTopK", "ReLURouter", "Router", "RouterBias",
+    "RouterNoiseKey", "Routing", "SigmoidTopK", "SinkhornTopK", "SoftmaxTopK", "expert_choice",
+    "keep_first_choices", "noisy_top_k", "relu_routing", "sigmoid_top_k", "sinkhorn",
+    "sinkhorn_top_k", "softmax_top_k", "top_k_at",
+]
 
 
-@flax.struct.dataclass
-class Routing:
-  """Which experts each token uses, and with what weight.
-
-  expert_ids_TK: int32 expert of each of a token's K choices (distinct within a token).
-  weights_TK: float32 combine weight of each choice (0 where inactive).
-  probs_TE: float32 router probabilities over all experts (rows sum to 1, or to 0 for a ReLU
-    router token with no active expert), for the balance losses.
-  logits_TE: float32 raw router logits, for the z-loss.
-  active_TK: bool, whether the choice is used; ``None`` means every choice is.
-  max_load: static guarantee that no expert gets more active choices (expert choice: C), which
-    lets dispatch size its buffers exactly; ``None``: no guarantee.
-  """
-  expert_ids_TK: jax.Array
-  weights_TK: jax.Array
-  probs_TE: jax.Array
-  logits_TE: jax.Array
-  active_TK: Optional[jax.Array] = None
-  max_load: Optional[int] = flax.struct.field(pytree_node=False, default=None)
-
-  @property
-  def num_experts(self) -> int:
-    return self.probs_TE.shape[-1]
-
-  @property
-  def num_choices(self) -> int:
-    """K, the static number of choice slots per token."""
-    return self.expert_ids_TK.shape[-1]
-
-  def active(self) -> jax.Array:
-    """[T, K] bool mask of used choices."""
-    if self.active_TK is None:
-      return jnp.ones(self.expert_ids_TK.shape, bool)
-    return self.active_TK
-
-
-class RouterLogits(nnx.Module):
-  """A linear map D -> E computed in float32 (routing is precision sensitive)."""
-
-  def __init__(self, d_model: int, num_experts: int, *, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
-    self.w_DE = param(rngs, nnx.initializers.normal(d_model ** -0.5), (d_model, num_experts),
-                      ("embed", None), param_dtype)
-
-  def __call__(self, x_TD):
-    return jnp.einsum("td,de->te", x_TD.astype(jnp.float32), self.w_DE[...].astype(jnp.float32))
+class MoEStep(nnx.Variable):
+  """The current training step (int32 scalar), set by the train step (``set_moe_step``)."""
 
 
 class RouterBias(nnx.Variable):
@@ -92,174 +57,194 @@ class RouterNoiseKey(nnx.Variable):
   """A per-layer PRNG key for noisy routing; the noise of step s uses ``fold_in(key, s)``."""
 
 
-class ReLURouterScale(nnx.Module):
-  """The learned gain of the RMSNorm over the E ReLU router scores (BlockFFN)."""
+class Router(nnx.Module):
+  """The base router: float32 logits x_TD @ w_DE, then ``route`` (the subclass's rule).
 
-  def __init__(self, num_experts: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    self.scale_E = param(rngs, nnx.initializers.ones, (num_experts,), (None,), param_dtype)
+  Class attributes (read by config.py before any router is built):
+    losses: the auxiliary losses this router returns, name -> default weight.
+    supports_bias_balancing: accepts ``bias_update_rate > 0`` (the bias shifts its selection).
+    supports_top_k_schedule: accepts ``initial_top_k`` (its choices come sorted by score, so
+      the schedule keeps the first k).
+    uses_step: reads the training step even without a schedule (the noise).
+    omits_layer_losses: layer losses (``layer.LAYER_LOSSES``) that are constant under this
+      router, so the layer does not return them (a constant loss trains nothing).
 
-  def __call__(self, scores_TE, eps: float = 1e-6):
-    inv_rms_T1 = jax.lax.rsqrt(jnp.mean(jnp.square(scores_TE), axis=-1, keepdims=True) + eps)
-    return scores_TE * inv_rms_T1 * self.scale_E[...].astype(jnp.float32)
-
-
-def _routing_from_scores(scores_TE, probs_TE, logits_TE, top_k: int, renormalize: bool,
-                         bias_E=None) -> Routing:
-  """Chooses the K largest ``scores + bias`` and weighs them by the unbiased scores."""
-  selection_TE = scores_TE if bias_E is None else scores_TE + bias_E.astype(jnp.float32)
-  _, expert_ids_TK = jax.lax.top_k(jax.lax.stop_gradient(selection_TE), top_k)
-  weights_TK = jnp.take_along_axis(scores_TE, expert_ids_TK, axis=-1)
-  if renormalize:
-    weights_TK = weights_TK / jnp.maximum(jnp.sum(weights_TK, axis=-1, keepdims=True), 1e-9)
-  return Routing(expert_ids_TK=expert_ids_TK.astype(jnp.int32), weights_TK=weights_TK,
-                 probs_TE=probs_TE, logits_TE=logits_TE)
-
-
-def softmax_top_k(logits_TE, top_k: int, renormalize: bool = True, bias_E=None) -> Routing:
-  """Softmax over experts, then the K most probable; weights renormalised over the K if asked.
-
-  Mixtral renormalises (equivalently, softmax over the top-K logits); DiT-MoE and V-MoE do not.
-  ``bias_E`` (aux-loss-free balancing) shifts the selection only, never the weights.
+  ``__call__(x_TD) -> (Routing, aux)``; aux holds exactly the ``losses`` names (float32
+  scalars) and the router's metrics (``top_k`` under a schedule).
   """
-  logits_TE = logits_TE.astype(jnp.float32)
-  probs_TE = jax.nn.softmax(logits_TE, axis=-1)
-  return _routing_from_scores(probs_TE, probs_TE, logits_TE, top_k, renormalize, bias_E)
+  losses: ClassVar[dict[str, float]] = {}
+  supports_bias_balancing: ClassVar[bool] = False
+  supports_top_k_schedule: ClassVar[bool] = False
+  uses_step: ClassVar[bool] = False
+  omits_layer_losses: ClassVar[tuple[str, ...]] = ()
+
+  def __init__(self, d_model: int, cfg: MoEConfig, *, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.deterministic = False  # ``model.eval()`` sets it: no noise, the final top_k
+    self.w_DE = param(rngs, nnx.initializers.normal(d_model ** -0.5),
+                      (d_model, cfg.num_experts), ("embed", None), param_dtype)
+    self.bias_E = (RouterBias(jnp.zeros((cfg.num_experts,), jnp.float32))
+                   if cfg.bias_update_rate else None)
+    needs_step = cfg.top_k_schedule is not None or self.uses_step
+    self.step = MoEStep(jnp.zeros((), jnp.int32)) if needs_step else None
+
+  @classmethod
+  def num_params(cls, d_model: int, num_experts: int) -> int:
+    """Trainable parameters of one router (for parameter counts without building a model)."""
+    return d_model * num_experts
+
+  def route(self, logits_TE, top_k: int) -> tuple[Routing, dict[str, jax.Array]]:
+    """The routing of float32 ``logits_TE`` with ``top_k`` choice slots (top-k routers), and
+    the router's own losses; what a subclass defines."""
+    raise NotImplementedError
+
+  def __call__(self, x_TD) -> tuple[Routing, dict[str, jax.Array]]:
+    logits_TE = jnp.einsum("td,de->te", x_TD.astype(jnp.float32),
+                           self.w_DE[...].astype(jnp.float32))
+    schedule = self.cfg.top_k_schedule
+    scheduled = schedule is not None and not self.deterministic
+    # Under a schedule, route with the initial k slots and keep the first k of the step.
+    routing, aux = self.route(logits_TE, schedule[0] if scheduled else self.cfg.top_k)
+    if schedule is not None:
+      k_now = self.cfg.top_k
+      if scheduled:
+        k_now = top_k_at(self.step[...], self.cfg.top_k, *schedule)
+        routing = keep_first_choices(routing, k_now, self.cfg.renormalize)
+      aux["top_k"] = jnp.asarray(k_now, jnp.float32)
+    return routing, aux
+
+  def bias(self):
+    """The balancing bias [E] the selection adds, or None without aux-loss-free balancing."""
+    return None if self.bias_E is None else self.bias_E[...]
+
+  def update_bias(self, load_E):
+    """The aux-loss-free balancing step from a training step's expert loads; ``load_E`` may
+    carry leading axes matching a stacked bias ([L, E] under ``nnx.vmap``)."""
+    if self.bias_E is None:
+      raise ValueError("update_bias needs bias_update_rate > 0 (a router with a bias)")
+    self.bias_E[...] = losses.aux_free_bias_update(self.bias_E[...], load_E,
+                                                   self.cfg.bias_update_rate)
+
+  def dispatch_options(self, num_tokens: int) -> dict:
+    """Keyword options of ``dispatch`` for ``num_tokens`` tokens: the capacity, its priority,
+    and the batched pass's rows per expert, which follow the expected load (the final k)."""
+    cfg = self.cfg
+    return {"capacity_factor": cfg.capacity_factor,
+            "batch_prioritized": cfg.batch_prioritized,
+            "rows_per_expert": math.ceil(num_tokens * cfg.top_k / cfg.num_experts)}
 
 
-def sigmoid_top_k(logits_TE, top_k: int, renormalize: bool = True, bias_E=None) -> Routing:
-  """Sigmoid affinities; top-K of affinity + bias; weights = affinities, renormalised over the
-  K (DeepSeek-V3 with aux-loss-free balancing, Wang et al. 2024). ``probs_TE`` are the
-  affinities normalised over experts, the quantity DeepSeek-V3's balance loss uses."""
-  logits_TE = logits_TE.astype(jnp.float32)
-  scores_TE = jax.nn.sigmoid(logits_TE)
-  probs_TE = scores_TE / jnp.sum(scores_TE, axis=-1, keepdims=True)
-  return _routing_from_scores(scores_TE, probs_TE, logits_TE, top_k, renormalize, bias_E)
+class SoftmaxTopK(Router):
+  """Softmax, the K most probable (Switch, Fedus et al. 2021; Mixtral); the default."""
+  supports_bias_balancing = True
+  supports_top_k_schedule = True
+
+  def route(self, logits_TE, top_k):
+    return softmax_top_k(logits_TE, top_k, self.cfg.renormalize, self.bias()), {}
 
 
-def noisy_top_k(logits_TE, top_k: int, key, noise_std: Optional[float] = None,
-                renormalize: bool = False) -> tuple[Routing, dict[str, jax.Array]]:
-  """V-MoE router (Riquelme et al. 2021): TOP_k(softmax(logits + eps)), eps ~ N(0, std^2),
-  std = 1/E by default; without ``key`` no noise is added (evaluation).
+class SigmoidTopK(Router):
+  """Sigmoid affinities, top-K of affinity + bias (DeepSeek-V3; Wang et al. 2024)."""
+  supports_bias_balancing = True
+  supports_top_k_schedule = True
 
-  Returns the routing and ``{"load_loss": ...}``, the V-MoE load loss: the squared
-  coefficient of variation over experts of P(expert i is selected under fresh noise), where
-  selection means beating the k-th largest noisy logit (Shazeer et al. 2017, V-MoE eq. A.4).
-  ``probs_TE`` are the noisy softmax gates, whose sums the importance loss balances.
+  def route(self, logits_TE, top_k):
+    return sigmoid_top_k(logits_TE, top_k, self.cfg.renormalize, self.bias()), {}
+
+
+class NoisyTopK(Router):
+  """V-MoE (Riquelme et al. 2021): top-k of softmax(logits + noise), noise std
+  ``cfg.noise_std`` (None: 1/E), fresh each step (``fold_in(noise key, step)``), none in eval.
+
+  Its losses are V-MoE's: the importance loss (cv^2 of the experts' summed gates) and the load
+  loss (cv^2 of their expected loads under the noise). V-MoE adds lambda * (their mean) with
+  lambda = 0.01, hence 0.005 each.
   """
-  logits_TE = logits_TE.astype(jnp.float32)
-  std = 1.0 / logits_TE.shape[-1] if noise_std is None else noise_std
-  noisy_TE = logits_TE
-  if key is not None:
-    noisy_TE = logits_TE + std * jax.random.normal(key, logits_TE.shape, jnp.float32)
-  probs_TE = jax.nn.softmax(noisy_TE, axis=-1)
-  routing = _routing_from_scores(probs_TE, probs_TE, logits_TE, top_k, renormalize)
-  threshold_T1 = jax.lax.top_k(noisy_TE, top_k)[0][:, -1:]
-  load_loss = losses.noisy_load_loss(logits_TE, threshold_T1, std)
-  return routing, {"load_loss": load_loss}
+  losses = {"importance_loss": 0.005, "load_loss": 0.005}
+  supports_top_k_schedule = True
+  uses_step = True
+
+  def __init__(self, d_model: int, cfg: MoEConfig, *, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    super().__init__(d_model, cfg, param_dtype=param_dtype, rngs=rngs)
+    self.noise_key = RouterNoiseKey(jax.random.key_data(rngs.params()))
+
+  def route(self, logits_TE, top_k):
+    key = None
+    if not self.deterministic:
+      key = jax.random.fold_in(jax.random.wrap_key_data(self.noise_key[...]), self.step[...])
+    routing, aux = noisy_top_k(logits_TE, top_k, key, self.cfg.noise_std, self.cfg.renormalize)
+    aux["importance_loss"] = losses.importance_loss(routing)
+    return routing, aux
 
 
-def expert_choice(logits_TE, capacity: int) -> Routing:
-  """Expert-choice routing (Zhou et al. 2022): each expert takes the ``capacity`` tokens with
-  the highest softmax probability for it; the combine weight is that probability.
+class ExpertChoice(Router):
+  """Expert choice (Zhou et al. 2022): each expert takes its top-C tokens, C = ceil(T*k*cf/E)
+  with cf = ``cfg.capacity_factor`` (None: 1), so no expert ever overflows.
 
-  The result has K = E choice slots (slot j is expert j), active where the expert chose the
-  token, so a token uses between 0 and E experts. Choosing looks at every token of the batch,
-  so in a causal LM it lets a token's routing depend on later tokens (the known caveat).
+  Every expert's load is exactly C, so the Switch balance loss E * sum_i f_i P_i is
+  sum_i P_i = 1 whatever the weights: the layer omits it (balance by construction).
   """
-  logits_TE = logits_TE.astype(jnp.float32)
-  num_tokens, num_experts = logits_TE.shape
-  capacity = min(capacity, num_tokens)
-  probs_TE = jax.nn.softmax(logits_TE, axis=-1)
-  _, token_EC = jax.lax.top_k(jax.lax.stop_gradient(probs_TE).T, capacity)
-  expert_EC = jnp.broadcast_to(jnp.arange(num_experts)[:, None], token_EC.shape)
-  active_TE = jnp.zeros((num_tokens, num_experts), bool).at[token_EC, expert_EC].set(True)
-  expert_ids_TE = jnp.broadcast_to(jnp.arange(num_experts, dtype=jnp.int32), active_TE.shape)
-  return Routing(expert_ids_TK=expert_ids_TE, weights_TK=jnp.where(active_TE, probs_TE, 0.0),
-                 probs_TE=probs_TE, logits_TE=logits_TE, active_TK=active_TE, max_load=capacity)
+  omits_layer_losses = ("load_balance_loss",)
+
+  def capacity(self, num_tokens: int) -> int:
+    # plan.py imports ``Routing`` from this module: a module-level import would be circular.
+    from moejax.moe.plan import capacity  # pylint: disable=import-outside-toplevel
+    cfg = self.cfg
+    return capacity(num_tokens, cfg.top_k, cfg.num_experts, cfg.capacity_factor or 1.0)
+
+  def route(self, logits_TE, top_k):
+    del top_k  # K = E slots: the capacity, not k, bounds the choices
+    return expert_choice(logits_TE, self.capacity(logits_TE.shape[0])), {}
+
+  def dispatch_options(self, num_tokens: int) -> dict:
+    return {"rows_per_expert": self.capacity(num_tokens)}
 
 
-def sinkhorn(logits_TE, iterations: int):
-  """Log-domain Sinkhorn-Knopp: a [T, E] plan with rows summing to 1 and columns to T/E
-  (a balanced transport of tokens to experts); the last step normalises the rows exactly."""
-  num_tokens, num_experts = logits_TE.shape
-  log_column_mass = math.log(num_tokens / num_experts)
+class SinkhornTopK(Router):
+  """S-BASE (Clark et al. 2022): top-k of a Sinkhorn-balanced plan
+  (``cfg.sinkhorn_iterations`` steps), weights from the softmax."""
+  supports_top_k_schedule = True
 
-  def step(_, log_p_TE):
-    log_p_TE = log_p_TE - jax.nn.logsumexp(log_p_TE, axis=0, keepdims=True) + log_column_mass
-    return log_p_TE - jax.nn.logsumexp(log_p_TE, axis=1, keepdims=True)
-
-  log_p_TE = jax.lax.fori_loop(0, iterations, step, logits_TE.astype(jnp.float32))
-  return jnp.exp(log_p_TE)
+  def route(self, logits_TE, top_k):
+    cfg = self.cfg
+    return sinkhorn_top_k(logits_TE, top_k, cfg.sinkhorn_iterations, cfg.renormalize), {}
 
 
-def sinkhorn_top_k(logits_TE, top_k: int, iterations: int = 8,
-                   renormalize: bool = True) -> Routing:
-  """S-BASE (Clark et al. 2022): choose the top-K experts of the Sinkhorn-balanced plan (no
-  gradient flows through the assignment), weigh them by the ordinary softmax probabilities."""
-  logits_TE = logits_TE.astype(jnp.float32)
-  probs_TE = jax.nn.softmax(logits_TE, axis=-1)
-  balanced_TE = sinkhorn(jax.lax.stop_gradient(logits_TE), iterations)
-  _, expert_ids_TK = jax.lax.top_k(balanced_TE, top_k)
-  weights_TK = jnp.take_along_axis(probs_TE, expert_ids_TK, axis=-1)
-  if renormalize:
-    weights_TK = weights_TK / jnp.sum(weights_TK, axis=-1, keepdims=True)
-  return Routing(expert_ids_TK=expert_ids_TK.astype(jnp.int32), weights_TK=weights_TK,
-                 probs_TE=probs_TE, logits_TE=logits_TE)
+class ReLURouter(Router):
+  """BlockFFN (Song et al. 2025): RMSNorm(ReLU(logits)) with a learned gain ``scale_E``; tokens
+  use a variable number of experts.
 
-
-def relu_routing(logits_TE, norm: ReLURouterScale,
-                 max_experts: Optional[int] = None) -> tuple[Routing, dict[str, jax.Array]]:
-  """BlockFFN router (Song et al. 2025): scores = RMSNorm(ReLU(logits)); each positive score is
-  an active expert weighted by its score, so tokens use a variable number of experts.
-
-  ``max_experts`` caps the choice slots (the largest scores are kept; K = E when ``None``).
-  Returns the routing and ``{"router_sparsity_loss": mean_t sum_e score_te}``, the L1 penalty
-  that, against the fixed RMS, pushes the scores towards few active experts.
+  Its loss is the mean L1 norm of the scores (``router_sparsity_loss``). The default weight,
+  1e-3, is ours, not the paper's (BlockFFN trains with its own sparsity objectives): the scores
+  have RMS 1 over the E experts, so with a fraction a of them active the loss is E * sqrt(a)
+  (5.7 for E = 8, a = 1/2), and 1e-3 puts its term (~6e-3) at the order of the load-balance
+  term (1e-2 times a loss near 1).
   """
-  logits_TE = logits_TE.astype(jnp.float32)
-  num_experts = logits_TE.shape[-1]
-  scores_TE = norm(jax.nn.relu(logits_TE))
-  top_k = num_experts if max_experts is None else min(max_experts, num_experts)
-  if top_k == num_experts:
-    expert_ids_TK = jnp.broadcast_to(jnp.arange(num_experts, dtype=jnp.int32), scores_TE.shape)
-    weights_TK = scores_TE
-  else:
-    _, expert_ids_TK = jax.lax.top_k(jax.lax.stop_gradient(scores_TE), top_k)
-    expert_ids_TK = expert_ids_TK.astype(jnp.int32)
-    weights_TK = jnp.take_along_axis(scores_TE, expert_ids_TK, axis=-1)
-  active_TK = weights_TK > 0
-  probs_TE = scores_TE / jnp.maximum(jnp.sum(scores_TE, axis=-1, keepdims=True), 1e-9)
-  routing = Routing(expert_ids_TK=expert_ids_TK, weights_TK=jnp.where(active_TK, weights_TK, 0.0),
-                    probs_TE=probs_TE, logits_TE=logits_TE, active_TK=active_TK)
-  return routing, {"router_sparsity_loss": jnp.mean(jnp.sum(scores_TE, axis=-1))}
+  losses = {"router_sparsity_loss": 1e-3}
+
+  def __init__(self, d_model: int, cfg: MoEConfig, *, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    super().__init__(d_model, cfg, param_dtype=param_dtype, rngs=rngs)
+    # Ones need no key: drawing none keeps the experts' initial values independent of this.
+    self.scale_E = nnx.Param(jnp.ones((cfg.num_experts,), param_dtype), out_sharding=(None,),
+                             eager_sharding=False)
+
+  @classmethod
+  def num_params(cls, d_model: int, num_experts: int) -> int:
+    return super().num_params(d_model, num_experts) + num_experts
+
+  def route(self, logits_TE, top_k):
+    del top_k  # K = E slots: the positive scores choose
+    return relu_routing(logits_TE, self.scale_E[...])
 
 
-def top_k_at(step, final_k: int, initial_k: int, decay_steps: int):
-  """Progressive sparsification (Sigma-MoE-Tiny style): k falls linearly (in whole steps) from
-  ``initial_k`` at step 0 to ``final_k`` at ``decay_steps`` and stays there.
-
-  Works on Python ints and on traced int scalars (then it returns an int32 scalar).
-  """
-  if decay_steps <= 0 or initial_k == final_k:
-    return final_k
-  if isinstance(step, int):
-    fraction = min(max(step / decay_steps, 0.0), 1.0)
-    return initial_k - math.floor(fraction * (initial_k - final_k) + 1e-9)
-  fraction = jnp.clip(jnp.asarray(step, jnp.float32) / decay_steps, 0.0, 1.0)
-  drop = jnp.floor(fraction * (initial_k - final_k) + 1e-6).astype(jnp.int32)
-  return jnp.int32(initial_k) - drop
-
-
-def keep_first_choices(routing: Routing, num_active, renormalize: bool) -> Routing:
-  """Deactivates the choices beyond the first ``num_active`` (a traced scalar is fine: the
-  routing keeps its K slots, so a schedule of k does not recompile). Choices come sorted by
-  score from the top-k routers, so this keeps the best ``num_active``."""
-  keep_TK = routing.active() & (jnp.arange(routing.num_choices) < num_active)
-  weights_TK = jnp.where(keep_TK, routing.weights_TK, 0.0)
-  if renormalize:
-    weights_TK = weights_TK / jnp.maximum(jnp.sum(weights_TK, axis=-1, keepdims=True), 1e-9)
-  return routing.replace(weights_TK=weights_TK, active_TK=keep_TK)
-
-
-ROUTERS = ("softmax_top_k", "sigmoid_top_k", "noisy_top_k", "expert_choice", "sinkhorn_top_k",
-           "relu")
+ROUTERS: dict[str, type[Router]] = {
+    "softmax_top_k": SoftmaxTopK,
+    "sigmoid_top_k": SigmoidTopK,
+    "noisy_top_k": NoisyTopK,
+    "expert_choice": ExpertChoice,
+    "sinkhorn_top_k": SinkhornTopK,
+    "relu": ReLURouter,
+}

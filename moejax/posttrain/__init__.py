@@ -1,4 +1,4 @@
-"""Post-training of finished runs (RESEARCH.md section 1, finding 6).
+"""Post-training of finished runs (finding 6 of docs/optimal_sparsity.md).
 
 Modules, one job each:
   grpo   group-relative policy optimisation (Shao et al. 2024) on token prompts and a reward

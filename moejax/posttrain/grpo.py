@@ -11,8 +11,11 @@ the token-level mean over all completion tokens of
 with ``ratio = pi / pi_old`` (1 with one step per batch, but its gradient is the policy
 gradient) and the k3 estimator ``KL = exp(ref - logp) - (ref - logp) - 1`` against the frozen
 starting model. Log-probabilities are those of the sampling distribution,
-``softmax(logits / temperature)``, restricted to ids below ``vocab_limit``. The model's auxiliary
-MoE losses (load balance, router z) are added with the coefficients of its pre-training.
+``softmax(logits / temperature)``, restricted to ids below ``vocab_limit``. The optimisation step
+is pre-training's (``training/step.make_train_step``) with this objective: the model's auxiliary
+MoE losses are weighted as in its pre-training, the MoE step counter continues from the
+pre-training's last step (top-k schedule, router noise) and aux-free balancing biases keep
+following the loads.
 
   state, history = train_grpo(graphdef, state, prompts, reward_fn, cfg, vocab_limit=V)
 
@@ -25,7 +28,6 @@ Axes: P prompts of a step, G completions per prompt, B = P * G rows, T sequence,
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -40,6 +42,7 @@ from moejax.evaluation import batching
 from moejax.evaluation import decoding
 from moejax.training.optimizer import make_optimizer
 from moejax.training.state import TrainState
+from moejax.training.step import make_train_step
 
 RewardFn = Callable[[int, Sequence[int]], float]
 
@@ -52,12 +55,10 @@ def group_advantages(rewards_PG: jax.Array, eps: float = 1e-4) -> jax.Array:
   return (rewards_PG - mean_P1) / (std_P1 + eps)
 
 
-def token_logprobs(graphdef: nnx.GraphDef, params, model_state, batch: dict[str, jax.Array],
-                   temperature: float, vocab_limit: int | None):
+def token_logprobs(model: nnx.Module, batch: dict[str, jax.Array], temperature: float,
+                   vocab_limit: int | None):
   """Log-probabilities [B, T] of ``batch["targets"]`` under ``softmax(logits / temperature)``
   over ids below ``vocab_limit``, and the model's aux dict."""
-  # copy=True: fresh Variables of this trace (``model_state`` may come from an outer trace).
-  model = nnx.merge(graphdef, params, model_state, copy=True)
   logits_BTV, aux = model(batch["inputs"], None, batch["real"])
   if vocab_limit is not None and vocab_limit < logits_BTV.shape[-1]:
     logits_BTV = jnp.where(jnp.arange(logits_BTV.shape[-1]) < vocab_limit, logits_BTV, -1e9)
@@ -85,30 +86,36 @@ def grpo_loss(logp_BT, old_logp_BT, ref_logp_BT, advantages_B, mask_BT, *, clip_
   return loss, {"pg_loss": mean(pg_BT), "kl": mean(kl_BT), "clip_fraction": mean(clipped)}
 
 
-def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                   loss_coefs: dict[str, float], *, temperature: float, clip_eps: float,
-                   kl_coef: float, vocab_limit: int | None) -> Callable:
-  """``step(state, ref_params, batch) -> (state, metrics)``: one optimisation step on a batch of
-  sampled completions (``pack_batch``); ``ref_params`` is the frozen reference model."""
-  logprobs = functools.partial(token_logprobs, graphdef, temperature=temperature,
-                               vocab_limit=vocab_limit)
+def grpo_objective(*, temperature: float, clip_eps: float, kl_coef: float,
+                   vocab_limit: int | None):
+  """The train-step objective ``(model, batch) -> (loss, aux)``; the batch carries the frozen
+  reference model's log-probabilities as ``ref_logp``."""
 
-  def loss_fn(params, model_state, ref_logp_BT, batch):
-    logp_BT, aux = logprobs(params, model_state, batch)
-    loss, metrics = grpo_loss(logp_BT, jax.lax.stop_gradient(logp_BT), ref_logp_BT,
+  def objective(model, batch):
+    logp_BT, aux = token_logprobs(model, batch, temperature, vocab_limit)
+    loss, metrics = grpo_loss(logp_BT, jax.lax.stop_gradient(logp_BT), batch["ref_logp"],
                               batch["advantages"], batch["mask"], clip_eps=clip_eps,
                               kl_coef=kl_coef)
-    total = loss + sum(coef * aux[name] for name, coef in loss_coefs.items() if name in aux)
-    return total, {**metrics, "loss": loss, "total_loss": total}
+    return loss, {**aux, **metrics}
+
+  return objective
+
+
+def make_grpo_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                   aux_weights: dict[str, float], *, temperature: float, clip_eps: float,
+                   kl_coef: float, vocab_limit: int | None, step_offset: int = 0,
+                   schedule: optax.Schedule | None = None) -> Callable:
+  """``step(state, ref_params, batch) -> (state, metrics)``: one optimisation step on a batch of
+  sampled completions (``pack_batch``); ``ref_params`` is the frozen reference model."""
+  train_step = make_train_step(
+      graphdef, tx, schedule or (lambda _: 0.0),
+      grpo_objective(temperature=temperature, clip_eps=clip_eps, kl_coef=kl_coef,
+                     vocab_limit=vocab_limit), aux_weights, step_offset=step_offset)
 
   def step(state: TrainState, ref_params, batch):
-    ref_logp_BT, _ = logprobs(ref_params, state.model_state, batch)
-    grad_fn = jax.grad(loss_fn, has_aux=True)
-    grads, metrics = grad_fn(state.params, state.model_state, ref_logp_BT, batch)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    reference = nnx.merge(graphdef, ref_params, state.model_state, copy=True)
+    ref_logp_BT, _ = token_logprobs(reference, batch, temperature, vocab_limit)
+    return train_step(state, {**batch, "ref_logp": jax.lax.stop_gradient(ref_logp_BT)})
 
   return step
 
@@ -153,8 +160,8 @@ def summarize(history: Sequence[dict[str, float]], window: int) -> dict[str, flo
 def train_grpo(graphdef: nnx.GraphDef, params, model_state,
                prompts: Sequence[Sequence[int]], reward_fn: RewardFn,
                cfg: ml_collections.ConfigDict, *, max_new_tokens: int,
-               vocab_limit: int | None = None, loss_coefs: dict[str, float] | None = None,
-               progress: bool = True) -> tuple[Any, list[dict[str, float]]]:
+               vocab_limit: int | None = None, aux_weights: dict[str, float] | None = None,
+               step_offset: int = 0, progress: bool = True) -> tuple[Any, list[dict[str, float]]]:
   """Runs ``cfg.steps`` GRPO steps from ``params``; returns (final params, per-step history).
 
   Args:
@@ -165,17 +172,19 @@ def train_grpo(graphdef: nnx.GraphDef, params, model_state,
       kl_coef, adv_eps, seed, optim).
     max_new_tokens: most tokens sampled per completion.
     vocab_limit: ids >= this are never sampled (the tokenizer's vocabulary size).
-    loss_coefs: auxiliary MoE loss weights (``training/step.loss_coefficients``).
+    aux_weights: auxiliary MoE loss weights (``training.task.aux_loss_weights`` of the run).
+    step_offset: the pre-training's steps (the MoE step counter continues from there).
     progress: show a tqdm bar.
   """
   num_prompts, group = min(cfg.prompts_per_step, len(prompts)), cfg.group_size
   rows = num_prompts * group
   prompt_bucket = batching.bucket_length(max(len(p) for p in prompts))
   length = batching.bucket_length(prompt_bucket + max_new_tokens - 1)
-  tx, _ = make_optimizer(cfg.optim, cfg.steps)
-  step_fn = jax.jit(make_grpo_step(graphdef, tx, loss_coefs or {}, temperature=cfg.temperature,
+  tx, schedule = make_optimizer(cfg.optim, cfg.steps)
+  step_fn = jax.jit(make_grpo_step(graphdef, tx, aux_weights or {}, temperature=cfg.temperature,
                                    clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
-                                   vocab_limit=vocab_limit), donate_argnums=0)
+                                   vocab_limit=vocab_limit, step_offset=step_offset,
+                                   schedule=schedule), donate_argnums=0)
   # The step donates its state: train a copy, keep the caller's params as the frozen reference.
   state = init_state(*jax.tree.map(jnp.copy, (params, model_state)), tx)
   ref_params = params

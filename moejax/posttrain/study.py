@@ -5,7 +5,7 @@
 
 A run's post-training reads its ``config.json`` and newest checkpoint, samples completions of the
 suite's reasoning *training* problems (reward 1 when ``scoring.is_correct``), and evaluates the
-post-trained model with the run's ``config.eval`` settings (``trainer.evaluate_run_suites``).
+post-trained model with the run's ``config.eval`` settings (``LMTask.evaluate_suites``).
 Results go to ``RUN_DIR/grpo.json``: ``{"config", "metrics", "history", "from_step"}``, with
 every metric prefixed ``grpo_`` (``grpo_reason_accuracy``, ``grpo_reason_task_loss``,
 ``grpo_mem_train_accuracy``, ..., ``grpo_reward_start``, ``grpo_reward_end``, ``grpo_kl_end``).
@@ -36,10 +36,10 @@ from moejax.posttrain import grpo
 from moejax.sweeps import results
 from moejax.sweeps.execute import last_line
 from moejax.sweeps.runner import run_dir as sweep_run_dir
+from moejax.tasks.lm import LMTask
+from moejax.training import task as task_lib
 from moejax.training.logging import write_json
 from moejax.training.restore import restore_run
-from moejax.training.step import loss_coefficients
-from moejax.training.trainer import evaluate_run_suites
 
 GRPO_FILE = "grpo.json"
 PREFIX = "grpo_"
@@ -85,9 +85,10 @@ def posttrain_run(run_dir: str, cfg: ml_collections.ConfigDict) -> dict[str, flo
     params, history = grpo.train_grpo(
         run.graphdef, run.state.params, run.state.model_state, [t.prompt for t in tokens],
         reward, cfg, max_new_tokens=cfg.max_new_tokens or _answer_bucket(tokens),
-        vocab_limit=tokenizer.vocab_size, loss_coefs=loss_coefficients(run.config.optim),
-        progress=cfg.progress_bar)
-    evaluated = evaluate_run_suites(run.config, run.graphdef, run.state.replace(params=params))
+        vocab_limit=tokenizer.vocab_size, aux_weights=task_lib.aux_loss_weights(run.config),
+        step_offset=run.step, progress=cfg.progress_bar)
+    evaluated = LMTask().evaluate_suites(run.config, run.graphdef,
+                                         run.state.replace(params=params))
   metrics = {**evaluated, **grpo.summarize(history, cfg.reward_window),
              "wall_time_s": time.time() - start}
   metrics = {PREFIX + name: float(value) for name, value in metrics.items()}

@@ -138,7 +138,7 @@ def write(workdir: str, runs: pd.DataFrame, models: pd.DataFrame, verdicts: list
            f"Preset `{extra.get('preset')}`, {summary['runs_done']} of {summary['runs']} runs "
            f"done ({summary['models']} models), wall time "
            f"{extra.get('wall_time_s', float('nan')):.0f} s.", "",
-           "## Findings (RESEARCH.md section 1)", ""]
+           "## Findings (Nakamura et al. 2025; docs/optimal_sparsity.md)", ""]
   for v in verdicts:
     lines.append(f"{v['finding']}. **{v['verdict']}**: {v['statement']}")
   lines += ["", "## Fits", "", "```", json.dumps(_json_safe(fits), indent=2), "```", "",

@@ -1,4 +1,4 @@
-"""One verdict per finding of RESEARCH.md section 1, computed from the study's model table.
+"""One verdict per finding of Nakamura et al. 2025 (listed in docs/optimal_sparsity.md), computed from the study's model table.
 
 The table has one row per model (``seeds.by_model``: metrics averaged over seeds), so seeds
 are never counted as different total sizes. Each verdict is ``{"finding", "verdict",

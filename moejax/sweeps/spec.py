@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import ml_collections
 
 from moejax import counting, validation
+from moejax.training import task as task_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +43,13 @@ class SweepRun:
 
 
 def is_dense(model: ml_collections.ConfigDict) -> bool:
-  """A model without MoE layers (``moe_every=0``)."""
-  return not model.moe_every
+  """A model without MoE layers (``moe_every=0`` and no explicit ``moe_layers``)."""
+  return not model.moe_every and not model.get("moe_layers")
 
 
 def model_tags(model: ml_collections.ConfigDict) -> dict[str, Any]:
   """d_model, E, k and sparsity = 1 - k/E; a dense model counts as E = k = 1."""
-  experts, top_k = (1, 1) if is_dense(model) else (model.num_experts, model.top_k)
+  experts, top_k = (1, 1) if is_dense(model) else (model.moe.num_experts, model.moe.top_k)
   return {"d_model": model.d_model, "num_experts": experts, "top_k": top_k,
           "sparsity": 1.0 - top_k / experts}
 
@@ -67,7 +68,8 @@ def make_run(base: ml_collections.ConfigDict, *, family: str = "",
              **overrides: Mapping[str, Any]) -> SweepRun:
   """A run from a copy of ``base`` updated section by section.
 
-  Example: ``make_run(base, model=dict(num_experts=16), train=dict(steps=200))``. The name
+  Example: ``make_run(base, model=dict(moe=dict(num_experts=16)), train=dict(steps=200))``
+  (nested sections update field by field). The name
   defaults to ``default_name(model) + suffix``.
   """
   config = copy.deepcopy(base)  # keeps lazy references: heads and FFN sizes follow d_model
@@ -94,7 +96,7 @@ def steps_for_flops(config: ml_collections.ConfigDict, flops: float) -> int:
 
 def static_columns(run: SweepRun) -> dict[str, Any]:
   """The results-table columns known before training: counts, tags and the config."""
-  summary = counting.summary(run.config)
+  summary = task_lib.get(run.config).counts(run.config)
   summary.pop("name")
   summary.pop("params_by_component")
   columns = {**summary, **model_tags(run.config.model), "family": run.family,
@@ -116,7 +118,7 @@ def validate(runs: Sequence[SweepRun]) -> None:
       raise validation.ConfigError(f"run name {run.name!r} must be a plain file name")
     seen.add(run.name)
     try:
-      validation.validate_model(run.config.model)
+      validation.validate_config(run.config)
     except validation.ConfigError as e:
       raise validation.ConfigError(f"run {run.name}: {e}") from None
 
@@ -221,7 +223,7 @@ def listing(runs: Sequence[SweepRun]) -> list[str]:
   width = max((len(r.name) for r in runs), default=0)
   lines = []
   for run in runs:
-    s = counting.summary(run.config)
+    s = task_lib.get(run.config).counts(run.config)
     lines.append(f"{run.name:<{width}}  total={s['total_params']:,}  "
                  f"active={s['active_params']:,}  train_flops={s['train_flops']:.3e}  "
                  f"tokens={s['train_tokens']:,}")

@@ -5,7 +5,7 @@
     metrics = evaluate_suites(run.state, None, ..., graphdef=run.graphdef)
 
 The state is restored with the shardings the trainer gives it (``training/state.py``), on the
-devices of this process.
+devices of this process. The model family comes from the config's task (training/task.py).
 """
 
 from __future__ import annotations
@@ -64,4 +64,4 @@ def restore_run(run_dir: str) -> RestoredRun:
     manager.close()
   if state is None:
     raise FileNotFoundError(f"no checkpoint under {run_dir}/checkpoints")
-  return RestoredRun(config, model_graphdef(config.model), state, step, mesh)
+  return RestoredRun(config, model_graphdef(config), state, step, mesh)

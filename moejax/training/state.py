@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from moejax import sharding
-from moejax.models.lm import MoELM
+from moejax.training import task as task_lib
 
 
 @flax.struct.dataclass
@@ -33,17 +33,19 @@ def split_model(model: nnx.Module):
   return nnx.split(model, nnx.Param, ...)
 
 
-def model_graphdef(model_cfg: ml_collections.ConfigDict) -> nnx.GraphDef:
-  """The model's static structure (call outside ``jax.set_mesh``: no shardings are made)."""
-  abstract_model = nnx.eval_shape(lambda: MoELM(model_cfg, rngs=nnx.Rngs(0)))
+def model_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
+  """The run's model structure (call outside ``jax.set_mesh``: no shardings are made)."""
+  task = task_lib.get(config)
+  abstract_model = nnx.eval_shape(lambda: task.build_model(config.model, nnx.Rngs(0)))
   return split_model(abstract_model)[0]
 
 
 def make_init_fn(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
   """A function of no arguments that builds the initial TrainState (to jit or eval_shape)."""
+  task = task_lib.get(config)
 
   def init() -> TrainState:
-    model = MoELM(config.model, rngs=nnx.Rngs(config.seed))
+    model = task.build_model(config.model, nnx.Rngs(config.seed))
     _, params, rest = split_model(model)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       model_state=rest)

@@ -1,6 +1,9 @@
 """The training loop: validate, build (sharded), resume, train, checkpoint, evaluate, report.
 
-Outputs in the workdir (DESIGN.md contract): config.json, metrics.jsonl, checkpoints/ (orbax),
+The loop knows no model family: the run config's task (training/task.py) builds the model, its
+loss, its batches, its evaluation and its counts.
+
+Outputs in the workdir (the contract that sweeps and analysis read): config.json, metrics.jsonl, checkpoints/ (orbax),
 tensorboard/, eval.json, and eval_items.npz (per-item results of the suite evaluation, for
 intervals over items) when suites are evaluated. Re-running the same command on the same
 workdir resumes from the last checkpoint and reproduces the uninterrupted run's per-step losses
@@ -17,9 +20,8 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from moejax import counting, sharding, validation
-from moejax.data.sources import BATCH_KEYS, make_source
-from moejax.training import checkpointing, workdir as workdir_lib
+from moejax import sharding, validation
+from moejax.training import checkpointing, task as task_lib, workdir as workdir_lib
 from moejax.training.logging import MetricsWriter, write_json
 from moejax.training.state import abstract_like, init_train_state, model_graphdef
 from moejax.training.step import build_train_step, make_eval_step
@@ -33,8 +35,10 @@ def _process_local(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _to_device(batch: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
-  local = _process_local({k: batch[k] for k in BATCH_KEYS})
-  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
+  """The task's batch fields (the keys of ``batch_sharding``) as global arrays."""
+  local = _process_local({k: batch[k] for k in batch_sharding})
+  return {k: jax.make_array_from_process_local_data(batch_sharding[k], v)
+          for k, v in local.items()}
 
 
 def evaluate(eval_step, state, source, batch_sharding, num_batches: int) -> float:
@@ -44,33 +48,26 @@ def evaluate(eval_step, state, source, batch_sharding, num_batches: int) -> floa
   return float(np.mean(jax.device_get(losses)))
 
 
-def _eval_source(config: ml_collections.ConfigDict):
-  data = config.data.copy_and_resolve_references()
-  with data.unlocked():
-    data.seed = config.data.eval_seed
-    data.split = config.data.eval_split
-  return make_source(data, config.model.vocab_size)
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or resumes) the run of ``config`` in ``workdir`` and returns the eval.json dict."""
   mesh_sizes = validation.validate_run(config, jax.device_count())
-  source = make_source(config.data, config.model.vocab_size)
-  eval_source = _eval_source(config)
+  task = task_lib.get(config)
+  source = task.make_source(config, "train")
+  eval_source = task.make_source(config, "eval")
   is_lead = jax.process_index() == 0
   resuming = workdir_lib.prepare(workdir, config) if is_lead else True
 
   mesh = sharding.make_mesh(mesh_sizes)
-  graphdef = model_graphdef(config.model)
+  graphdef = model_graphdef(config)
   train_step, tx, _ = build_train_step(config, graphdef)
   with sharding.use_rules(config.sharding_rules):
     state, state_shardings = init_train_state(config, tx, mesh)
   with sharding.use_rules(config.sharding_rules), jax.set_mesh(mesh):
-    batch_sharding = sharding.batch_sharding(mesh)
+    batch_sharding = sharding.batch_shardings(task.batch_spec(config), mesh)
     train_step = jax.jit(train_step, donate_argnums=0,
                          in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, None))
-    eval_step = jax.jit(make_eval_step(graphdef), in_shardings=(state_shardings, batch_sharding))
+    eval_step = jax.jit(make_eval_step(graphdef, task.loss), in_shardings=(state_shardings, batch_sharding))
     manager = checkpointing.make_manager(workdir, save_every=config.train.checkpoint_every,
                                          keep=config.train.keep_checkpoints)
     start, restored = checkpointing.restore_latest(manager, abstract_like(state, state_shardings))
@@ -89,12 +86,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.close()
     state = holder["state"]
     eval_loss = evaluate(eval_step, state, eval_source, batch_sharding, config.train.eval_batches)
-    suite_metrics = evaluate_run_suites(config, graphdef, state,
-                                        items_dir=workdir if is_lead else None)
+    task_metrics = task.evaluate(config, graphdef, state, eval_loss=eval_loss,
+                                 items_dir=workdir if is_lead else None)
 
-  results = {**counting.summary(config), "eval_loss": eval_loss,
-             "eval_perplexity": float(np.exp(eval_loss)), "final_train_loss": final_loss,
-             "steps": config.train.steps, "resumed_from_step": start, **suite_metrics}
+  results = {**task.counts(config), "eval_loss": eval_loss, "final_train_loss": final_loss,
+             "steps": config.train.steps, "resumed_from_step": start, **task_metrics}
   if hasattr(source, "entropy_floor"):
     results["entropy_floor"] = source.entropy_floor()
   results.update(_logged_summary(workdir, config.train.steps))
@@ -137,28 +133,6 @@ def _log(writer, bar, step, metrics, tokens_per_s) -> float:
   if not np.isfinite(row["loss"]):
     raise FloatingPointError(f"loss became {row['loss']} at step {step}")
   return row["loss"]
-
-
-def evaluate_run_suites(config: ml_collections.ConfigDict, graphdef, state,
-                        items_dir: str | None = None) -> dict:
-  """Generation-based metrics on the data suites (memorization QA, reasoning), when trained on
-  them; single-process only (generation gathers results on the host). With ``items_dir``, the
-  per-item results are written there (``suite_metrics.ITEMS_FILENAME``)."""
-  if config.data.source != "suites" or not config.eval.suites or jax.process_count() > 1:
-    return {}
-  from moejax.data import layout  # pylint: disable=import-outside-toplevel
-  from moejax.evaluation import suite_metrics  # pylint: disable=import-outside-toplevel
-  counts = counting.count_params(config.model)
-  per_item = {}
-  out = suite_metrics.evaluate_suites(
-      state, None, config.data.preset, config.data.data_dir or layout.default_data_dir(),
-      graphdef=graphdef, max_items=config.eval.max_items or None,
-      batch_size=config.eval.batch_size, sc_samples=config.eval.sc_samples,
-      sc_ns=tuple(config.eval.get("sc_ns", ())), num_params=counts[0],
-      progress=config.train.progress_bar, per_item=per_item)
-  if items_dir:
-    suite_metrics.save_items(os.path.join(items_dir, suite_metrics.ITEMS_FILENAME), per_item)
-  return out
 
 
 def _logged_summary(workdir: str, steps: int) -> dict:

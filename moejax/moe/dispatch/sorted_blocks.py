@@ -1,5 +1,7 @@
-"""Expert computation for the ``sorted`` dispatch: a batched pass over the first C rows of every
-expert, plus exact passes over the overflow rows in blocks of one expert each.
+"""The overflow of the ``sorted`` dispatch: its block tables, and the one custom VJP over the
+batched pass of the first C rows of every expert and exact passes over the overflow rows in
+blocks of one expert each (variable rows per expert in fixed-size blocks, as in MegaBlocks'
+block-sparse matmuls, Gale et al. 2023).
 
 The block passes loop over *used* blocks only (a traced trip count), so their cost follows the
 actual overflow, not the static worst case: each step gathers the R tokens of one block, runs
@@ -19,13 +21,14 @@ M block rows (a multiple of R), N blocks of R rows.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from moejax.moe.dispatch.base import take_rows
 from moejax.moe.experts import expert_matmul
 
 
@@ -38,6 +41,49 @@ class BlockTables(NamedTuple):
   valid_M: jax.Array
   expert_N: jax.Array
   num_blocks: jax.Array
+
+
+def _block_tables(rows_E, first_E, plan, cap: int, block_rows: int,
+                  max_rows: int) -> BlockTables:
+  """Tables of one block pass: ``rows_E`` overflow rows of expert e, starting at its overflow
+  row ``first_E``, padded to blocks of ``block_rows``, in at most ``max_rows`` rows."""
+  num_experts = rows_E.shape[0]
+  padded_E = -(-rows_E // block_rows) * block_rows
+  padded_end_E = jnp.cumsum(padded_E)
+  block_start_N = jnp.arange(max_rows // block_rows, dtype=jnp.int32) * block_rows
+  expert_N = jnp.minimum(jnp.searchsorted(padded_end_E, block_start_N, side="right"),
+                         num_experts - 1).astype(jnp.int32)
+  expert_M = jnp.repeat(expert_N, block_rows)
+  offset_M = jnp.arange(max_rows, dtype=jnp.int32) - (padded_end_E - padded_E)[expert_M]
+  assignment_M = take_rows(plan.assignment_S,
+                           plan.starts_E[expert_M] + cap + first_E[expert_M] + offset_M)
+  return BlockTables(token_M=assignment_M // plan.num_choices, assignment_M=assignment_M,
+                     valid_M=offset_M < rows_E[expert_M], expert_N=expert_N,
+                     num_blocks=padded_end_E[-1] // block_rows)
+
+
+def overflow_passes(num_assign: int, num_experts: int, plan, cap: int,
+                    block_rows: Optional[int]) -> list[tuple[int, BlockTables]]:
+  """The block passes over the choices beyond the first ``cap`` of each expert.
+
+  Each expert's overflow runs as whole blocks of 8R rows, then its remainder in blocks of R
+  (default 16): large blocks keep the matmuls efficient, small ones keep the padding (at most
+  R - 1 rows per expert) small when many experts overflow by a little. Static sizes cover the
+  worst case (every choice on one expert); the loops only visit used blocks.
+  """
+  bound = num_assign - min(cap, num_assign)  # the most rows that can overflow
+  small = block_rows or 16
+  large = 8 * small
+  over_E = jnp.maximum(plan.sizes_E - cap, 0)
+  bulk_E = over_E // large * large
+  sizes = (bound // large * large,
+           min(num_experts * large, -(-(bound + num_experts * (small - 1)) // small) * small))
+  passes = []
+  for rows_E, first_E, rows, max_rows in ((bulk_E, jnp.zeros_like(bulk_E), large, sizes[0]),
+                                          (over_E - bulk_E, bulk_E, small, sizes[1])):
+    if bound and max_rows:
+      passes.append((rows, _block_tables(rows_E, first_E, plan, cap, rows, max_rows)))
+  return passes
 
 
 def _single_expert_matmul(x_RI, w_1IO):
