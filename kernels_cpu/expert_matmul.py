@@ -168,7 +168,7 @@ def recorded_choices():
 def expert_matmul(x_ECI, w_EIO, cpu_kernel: bool = True):
   """``batched_matmul`` whose forward, input-gradient and weight-gradient GEMMs each run on the
   implementation measured fastest here (``choose``); ``cpu_kernel=False`` keeps XLA's dot
-  without measuring (the small overflow blocks of blocks.py)."""
+  without measuring (the small overflow blocks of moejax/moe/dispatch/sorted_blocks.py)."""
   choice = choose(x_ECI, w_EIO, cpu_kernel)
   if cpu_kernel:
     for log in _LOGS:

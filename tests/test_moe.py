@@ -12,7 +12,6 @@ from flax import nnx
 from moejax.moe import plan as planning
 from moejax.moe.dispatch import dispatch
 from moejax.moe.experts import GeluExperts, SwiGLUExperts, batched_matmul, expert_matmul
-from moejax.moe.layer import MoELayer
 from moejax.moe.routers import Routing, expert_choice, softmax_top_k
 
 # Correctness-only compiles: the unoptimised XLA backend compiles these tiny programs faster.
@@ -237,25 +236,3 @@ def test_dropless_strategies_report_no_drops(experts):
     _, stats = fast_jit(lambda x, r, s=strategy: dispatch(s, x, r, experts))(jnp.ones((T, D)),
                                                                            routing)
     assert float(stats["dropped_fraction"]) == 0.0
-
-
-def test_moe_layer_strategies_agree():
-  x_BSD = jax.random.normal(jax.random.key(0), (2, 6, D))
-  outputs = {}
-  for strategy in ("sorted", "einsum"):
-    layer = build(lambda s=strategy: MoELayer(D, 4, 2, F, shared_d_ff=8, strategy=s,
-                                              rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(layer)
-    outputs[strategy], aux = fast_jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, x_BSD)
-    assert set(aux) == {"load_balance_loss", "router_z_loss", "dropped_fraction", "max_load",
-                        "router_entropy"}
-  np.testing.assert_allclose(outputs["sorted"], outputs["einsum"], rtol=1e-5, atol=1e-6)
-
-
-def test_moe_layer_rejects_bad_arguments():
-  with pytest.raises(ValueError, match="top_k=5"):
-    MoELayer(D, 4, 5, F, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="router="):
-    MoELayer(D, 4, 2, F, router="nope", rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="bias_update_rate"):
-    MoELayer(D, 4, 2, F, router="expert_choice", bias_update_rate=1e-3, rngs=nnx.Rngs(0))

@@ -6,7 +6,8 @@ dispatch strategy supplies; the strategy decides which rows meet which expert's 
   expert_matmul       the same function with its own VJP, each of whose GEMMs runs on XLA's dot
                       or on a CPU BLAS kernel, whichever was measured faster for its shapes on
                       this machine (kernels_cpu/expert_matmul.py; the batched pass of sorted);
-  one expert's slice  a block of rows times w_1IO[0] (blocks.py: the overflow pass of sorted);
+  one expert's slice  a block of rows times w_1IO[0] (dispatch/sorted_blocks.py: the
+                      overflow pass of sorted);
   jax.lax.ragged_dot  rows sorted by expert with group sizes (ragged_dot, Pallas kernels).
 Elementwise activations act row by row, so every grouping computes the same function.
 
