@@ -4,8 +4,8 @@
 ``group_sizes_E[0]`` rows times ``w_EIO[0]``, the next ``group_sizes_E[1]`` times ``w_EIO[1]``,
 and so on; rows past ``sum(group_sizes_E)`` give zeros. It is the signature of
 ``jax.lax.ragged_dot`` (and of megablox ``gmm``), differentiable in ``x_AI`` and ``w_EIO``, so the
-``pallas`` dispatch strategy (moejax/moe/dispatch/grouped.py) uses it exactly where ``ragged_dot`` runs
-``jax.lax.ragged_dot``. Axes: A rows, I/O features, E groups (experts).
+``pallas`` dispatch strategy (moejax/moe/dispatch/grouped.py) uses it exactly where
+``ragged_dot`` runs ``jax.lax.ragged_dot``. Axes: A rows, I/O features, E groups (experts).
 """
 
 from __future__ import annotations

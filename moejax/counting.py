@@ -54,25 +54,30 @@ def active_params(trunk: TrunkConfig, parts: dict[str, int]) -> int:
   return sum(parts.values()) - parts["router"] - inactive_experts
 
 
-def param_breakdown(model: ml_collections.ConfigDict) -> dict[str, int]:
-  """Parameter count per component of the language model."""
+def _lm_counts(model: ml_collections.ConfigDict) -> tuple[dict[str, int], int]:
+  """(parameters per component, active parameters) of the language model."""
   trunk = TrunkConfig.from_config(model)
   parts = trunk_breakdown(trunk)
   parts["norms"] += model.d_model  # the final norm
-  return {"embedding": model.vocab_size * model.d_model,
-          "output_head": model.d_model * model.vocab_size, **parts}
+  parts = {"embedding": model.vocab_size * model.d_model,
+           "output_head": model.d_model * model.vocab_size, **parts}
+  return parts, active_params(trunk, parts)
+
+
+def param_breakdown(model: ml_collections.ConfigDict) -> dict[str, int]:
+  """Parameter count per component of the language model."""
+  return _lm_counts(model)[0]
 
 
 def count_params(model: ml_collections.ConfigDict) -> tuple[int, int]:
   """(total, active) parameter counts of the language model."""
-  parts = param_breakdown(model)
-  return sum(parts.values()), active_params(TrunkConfig.from_config(model), parts)
+  parts, active = _lm_counts(model)
+  return sum(parts.values()), active
 
 
 def train_flops_per_token(model: ml_collections.ConfigDict, seq_len: int) -> int:
   """Training FLOPs per token of the language model (3x forward; see the module docstring)."""
-  parts = param_breakdown(model)
-  _, active = count_params(model)
+  parts, active = _lm_counts(model)
   matmul_params = active - parts["embedding"] - parts["norms"] + parts["router"]
   attention_scores = 2 * 2 * seq_len * model.num_heads * model.head_dim * model.num_layers
   return 3 * (2 * matmul_params + attention_scores)

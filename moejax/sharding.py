@@ -104,12 +104,6 @@ def state_shardings(abstract_tree, mesh: jax.sharding.Mesh):
   return jax.tree.map(sharding_of, abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2) -> NamedSharding:
-  """Sharding of a [B, T, ...] batch: B over the axes that ``batch`` maps to."""
-  return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1),
-                                             mesh_axes=mesh.axis_names))
-
-
 def batch_shardings(spec, mesh: jax.sharding.Mesh) -> dict[str, NamedSharding]:
   """NamedShardings of a task's batch (``{name: BatchField}``) from each field's logical axes."""
   return {name: NamedSharding(mesh, logical_to_spec(field.axes, mesh_axes=mesh.axis_names))

@@ -51,7 +51,7 @@ class Attention(nnx.Module):
   """Multi-head attention with ``num_kv_heads`` key/value groups (GQA; MHA when equal)."""
 
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-               rope_base: float = 10000.0, param_dtype=jnp.float32, dtype=jnp.float32,
+               rope_base: float | None = 10000.0, param_dtype=jnp.float32, dtype=jnp.float32,
                rngs: nnx.Rngs):
     self.rope_base = rope_base
     self.dtype = dtype

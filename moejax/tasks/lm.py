@@ -19,12 +19,10 @@ import optax
 from flax import nnx
 
 from moejax import counting
-from moejax.data.sources import make_source
+from moejax.data.sources import BATCH_KEYS, make_source
 from moejax.models.lm import MoELM, trunk_config
 from moejax.training.task import BatchField, Task
 
-_BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.float32,
-                 "segment_ids": jnp.int32, "positions": jnp.int32}
 
 
 def masked_cross_entropy(logits_BTV, targets_BT, mask_BT):
@@ -53,8 +51,8 @@ class LMTask(Task):
 
   def batch_spec(self, config: ml_collections.ConfigDict) -> dict[str, BatchField]:
     shape = (config.data.batch_size, config.data.seq_len)
-    return {name: BatchField(shape, dtype, ("batch", "seq"))
-            for name, dtype in _BATCH_DTYPES.items()}
+    return {name: BatchField(shape, jnp.float32 if name == "loss_mask" else jnp.int32,
+                             ("batch", "seq")) for name in BATCH_KEYS}
 
   def make_source(self, config: ml_collections.ConfigDict, split: str):
     """``split`` "train" reads ``config.data``; "eval" its held-out split (the suites' test

@@ -3,8 +3,8 @@
 The loop knows no model family: the run config's task (training/task.py) builds the model, its
 loss, its batches, its evaluation and its counts.
 
-Outputs in the workdir (the contract that sweeps and analysis read): config.json, metrics.jsonl, checkpoints/ (orbax),
-tensorboard/, eval.json, and eval_items.npz (per-item results of the suite evaluation, for
+Outputs in the workdir (the contract that sweeps and analysis read): config.json,
+metrics.jsonl, checkpoints/ (orbax), tensorboard/, eval.json, and eval_items.npz (per-item results of the suite evaluation, for
 intervals over items) when suites are evaluated. Re-running the same command on the same
 workdir resumes from the last checkpoint and reproduces the uninterrupted run's per-step losses
 exactly (same machine).
@@ -67,7 +67,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = jax.jit(train_step, donate_argnums=0,
                          in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, None))
-    eval_step = jax.jit(make_eval_step(graphdef, task.loss), in_shardings=(state_shardings, batch_sharding))
+    eval_step = jax.jit(make_eval_step(graphdef, task.loss),
+                        in_shardings=(state_shardings, batch_sharding))
     manager = checkpointing.make_manager(workdir, save_every=config.train.checkpoint_every,
                                          keep=config.train.keep_checkpoints)
     start, restored = checkpointing.restore_latest(manager, abstract_like(state, state_shardings))
