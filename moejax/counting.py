@@ -38,7 +38,7 @@ def trunk_breakdown(trunk: TrunkConfig) -> dict[str, int]:
       "norms": 2 * d * trunk.num_layers,
       "attention": attention * trunk.num_layers,
       "dense_ffn": _ffn(trunk.ffn_type, d, trunk.d_ff) * dense_layers,
-      "router": ROUTERS[moe.router].num_params(d, moe.num_experts) * moe_layers,
+      "router": ROUTERS[moe.router].num_params(d, moe) * moe_layers,
       "experts": moe.num_experts * _ffn(moe.expert_type, d, moe.d_ff) * moe_layers,
       "shared_experts": _ffn("swiglu", d, moe.shared_d_ff) * moe_layers,
   }

@@ -214,7 +214,8 @@ def test_each_router_owns_its_parameters_and_state(name):
   router = nnx.eval_shape(lambda: router_class(D, router_cfg(name, **options),
                                                rngs=nnx.Rngs(0)))
   params = nnx.state(router, nnx.Param)
-  assert sum(v.size for v in jax.tree.leaves(params)) == router_class.num_params(D, E)
+  num_params = router_class.num_params(D, router_cfg(name))
+  assert sum(v.size for v in jax.tree.leaves(params)) == num_params
   kinds = {type(v).__name__ for v in jax.tree.leaves(
       nnx.state(router, nnx.Not(nnx.Param)), is_leaf=lambda v: isinstance(v, nnx.Variable))}
   expected = {"noisy_top_k": {"MoEStep", "RouterNoiseKey"}}.get(name, set())

@@ -193,8 +193,9 @@ class Block(nnx.Module):
                        if cfg.cond_dim else None)
     self.use_moe = use_moe
 
-  def __call__(self, x_BTD, positions_BT, mask_B1TT, cond_BC=None):
-    """Returns (x_BTD, aux): aux is the MoE layer's dict ({} for a dense FFN)."""
+  def __call__(self, x_BTD, positions_BT, mask_B1TT, cond_BC=None, task_B=None):
+    """Returns (x_BTD, aux): aux is the MoE layer's dict ({} for a dense FFN). ``task_B``:
+    task ids for task-conditioned routers (moejax/moe/routers.py)."""
     mods = self.modulation(cond_BC) if self.modulation is not None else None
     h_BTD = self.attn_norm(x_BTD)
     if mods is not None:
@@ -202,7 +203,7 @@ class Block(nnx.Module):
     attn_BTD = self.attn(h_BTD, positions_BT, mask_B1TT)
     if mods is not None:
       attn_BTD = mods[2] * attn_BTD
-    return self._ffn_residual(x_BTD + attn_BTD.astype(x_BTD.dtype), mods)
+    return self._ffn_residual(x_BTD + attn_BTD.astype(x_BTD.dtype), mods, task_B)
 
   def decode(self, x_BTD, positions_BT, mask_B1TS, k_BSGK, v_BSGK, index):
     """``__call__`` for T new tokens over this layer's cache; returns (x_BTD, k_BSGK, v_BSGK)."""
@@ -211,12 +212,12 @@ class Block(nnx.Module):
     x_BTD, _ = self._ffn_residual(x_BTD + attn_BTD.astype(x_BTD.dtype), None)
     return x_BTD, k_BSGK, v_BSGK
 
-  def _ffn_residual(self, x_BTD, mods):
+  def _ffn_residual(self, x_BTD, mods, task_B=None):
     x_BTD = sharding.constrain(x_BTD, ("batch", "seq", "act_embed"))
     h_BTD = self.ffn_norm(x_BTD)
     if mods is not None:
       h_BTD = _modulate(h_BTD, mods[3], mods[4])
-    y_BTD, aux = self.ffn(h_BTD) if self.use_moe else (self.ffn(h_BTD), {})
+    y_BTD, aux = self.ffn(h_BTD, task_B) if self.use_moe else (self.ffn(h_BTD), {})
     if mods is not None:
       y_BTD = mods[5] * y_BTD
     x_BTD = sharding.constrain(x_BTD + y_BTD.astype(x_BTD.dtype), ("batch", "seq", "act_embed"))
@@ -229,10 +230,10 @@ class BlockGroup(nnx.Module):
   def __init__(self, cfg: TrunkConfig, pattern: Pattern, *, rngs: nnx.Rngs):
     self.blocks = nnx.List([Block(cfg, use_moe, rngs=rngs) for use_moe in pattern])
 
-  def __call__(self, x_BTD, positions_BT, mask_B1TT, cond_BC=None):
+  def __call__(self, x_BTD, positions_BT, mask_B1TT, cond_BC=None, task_B=None):
     auxes = []
     for block in self.blocks:
-      x_BTD, aux = block(x_BTD, positions_BT, mask_B1TT, cond_BC)
+      x_BTD, aux = block(x_BTD, positions_BT, mask_B1TT, cond_BC, task_B)
       if block.use_moe:
         auxes.append(aux)
     return x_BTD, jax.tree.map(lambda *v: jnp.stack(v), *auxes) if auxes else {}
@@ -274,8 +275,8 @@ def _stacked_groups(cfg: TrunkConfig, pattern: Pattern, repeats: int,
 
 
 class Trunk(nnx.Module):
-  """The layer stack: ``__call__(x_BTD, positions_BT, mask_B1TT, cond_BC=None)`` returns the
-  final hidden states (before any final norm) and the reduced aux dict."""
+  """The layer stack: ``__call__(x_BTD, positions_BT, mask_B1TT, cond_BC=None, task_B=None)``
+  returns the final hidden states (before any final norm) and the reduced aux dict."""
 
   def __init__(self, cfg: TrunkConfig, *, rngs: nnx.Rngs):
     self.remat = cfg.remat
@@ -283,10 +284,10 @@ class Trunk(nnx.Module):
     self.stages = nnx.List([_stacked_groups(cfg, pattern, repeats, rngs)
                             for pattern, repeats in self.stage_patterns])
 
-  def __call__(self, x_BTD, positions_BT, mask_B1TT, cond_BC=None):
+  def __call__(self, x_BTD, positions_BT, mask_B1TT, cond_BC=None, task_B=None):
 
     def apply_group(x_BTD, group):
-      return group(x_BTD, positions_BT, mask_B1TT, cond_BC)
+      return group(x_BTD, positions_BT, mask_B1TT, cond_BC, task_B)
 
     if self.remat != "none":
       apply_group = nnx.remat(apply_group, policy=REMAT_POLICIES[self.remat])

@@ -21,6 +21,18 @@ Fields:
                       a top-k schedule: k falls from ``initial_top_k`` to ``top_k``.
   dispatch            a ``moejax.moe.dispatch.STRATEGIES`` name; ``capacity_factor`` (None:
                       dropless) and ``batch_prioritized`` (V-MoE BPR) size and fill capacity.
+  group_size, capacity_multiple
+                      per-group routing (V-MoE): the tokens are cut into groups of
+                      ``group_size`` consecutive tokens (e.g. the patches of a few images);
+                      each group has its own capacity, ceil(S*k*cf/E) rounded up to a
+                      multiple of ``capacity_multiple`` (V-MoE: 4), and the V-MoE losses are
+                      averaged over groups. None: the whole batch is one group.
+  num_tasks, task_routing
+                      task-conditioned routing (M3ViT, Liang et al. 2022; Edge-MoE, Sarkar et
+                      al. 2023): with ``num_tasks`` > 0 the router reads each token's task id;
+                      "shared" = one router for all tasks, "per_task" = one router weight per
+                      task, "one_hot" = a one-hot task vector concatenated to the router input.
+                      Experts are shared by all tasks either way.
   balance_per_sequence, detailed_metrics, chunk_size
                       loss and metric options (moejax/moe/losses.py).
 """
@@ -33,6 +45,8 @@ from typing import Any, Mapping, Optional
 import ml_collections
 
 from moejax.errors import require
+
+TASK_ROUTING = ("shared", "per_task", "one_hot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +68,10 @@ class MoEConfig:
   dispatch: str = "sorted"
   capacity_factor: Optional[float] = None
   batch_prioritized: bool = False
+  group_size: Optional[int] = None
+  capacity_multiple: int = 1
+  num_tasks: int = 0
+  task_routing: str = "shared"
   balance_per_sequence: bool = False
   detailed_metrics: bool = False
   chunk_size: int = 8
@@ -90,6 +108,15 @@ class MoEConfig:
             f"{p}.dispatch={self.dispatch!r} is not one of {sorted(STRATEGIES)}")
     require(self.capacity_factor is None or self.capacity_factor > 0,
             f"{p}.capacity_factor={self.capacity_factor} must be > 0 or None (dropless)")
+    require(self.group_size is None or self.group_size >= 1,
+            f"{p}.group_size={self.group_size} must be >= 1 or None (one group)")
+    require(self.capacity_multiple >= 1,
+            f"{p}.capacity_multiple={self.capacity_multiple} must be >= 1")
+    require(self.num_tasks >= 0, f"{p}.num_tasks={self.num_tasks} must be >= 0")
+    require(self.task_routing in TASK_ROUTING,
+            f"{p}.task_routing={self.task_routing!r} is not one of {TASK_ROUTING}")
+    require(self.task_routing == "shared" or self.num_tasks >= 1,
+            f"{p}.task_routing={self.task_routing!r} needs {p}.num_tasks >= 1")
     require(self.chunk_size >= 1, f"{p}.chunk_size={self.chunk_size} must be >= 1")
     require(self.router in ROUTERS, f"{p}.router={self.router!r} is not one of {list(ROUTERS)}")
     router = ROUTERS[self.router]
@@ -146,7 +173,8 @@ def config_section(**overrides) -> ml_collections.ConfigDict:
   for field in dataclasses.fields(MoEConfig):
     default = field.default
     if default is None:
-      kind = {"noise_std": float, "initial_top_k": int, "capacity_factor": float}[field.name]
+      kind = {"noise_std": float, "initial_top_k": int, "capacity_factor": float,
+              "group_size": int}[field.name]
       default = ml_collections.FieldReference(None, field_type=kind)
     section[field.name] = default
   section.update(overrides)

@@ -6,6 +6,8 @@ The pipeline, for tokens x_TD (the batch and sequence flattened):
   2. dispatch  ``dispatch(cfg.dispatch, ...)`` (moejax/moe/dispatch): permute the token-choices
                to their experts, run ``EXPERTS[cfg.expert_type]`` on them, combine the outputs
                weighted by the routing; the router supplies the capacity options;
+     With ``cfg.group_size`` and a capacity, each group of tokens gets its own capacity first
+     (plan.drop_over_group_capacity, V-MoE's per-group routing);
   3. shared    plus an always-on shared SwiGLU branch when ``cfg.shared_d_ff > 0`` (DiT-MoE,
                DeepSeekMoE).
 A new router is one ``Router`` subclass and one ``ROUTERS`` entry: nothing here names a router.
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moejax.layers.mlp import SwiGLU
-from moejax.moe import losses
+from moejax.moe import losses, plan
 from moejax.moe.config import MoEConfig
 from moejax.moe.dispatch import dispatch
 from moejax.moe.experts import EXPERTS
@@ -78,13 +80,25 @@ class MoELayer(nnx.Module):
     self.shared = (SwiGLU(d_model, cfg.shared_d_ff, param_dtype=param_dtype, dtype=dtype,
                           rngs=rngs) if cfg.shared_d_ff else None)
 
-  def __call__(self, x_BSD):
+  def __call__(self, x_BSD, task_B=None):
+    """``task_B``: int32 task id per row, for task-conditioned routing (``cfg.num_tasks``)."""
     cfg = self.cfg
     batch, seq, d_model = x_BSD.shape
     x_TD = x_BSD.reshape(batch * seq, d_model)
-    routing, router_aux = self.router(x_TD)
-    y_TD, stats = dispatch(cfg.dispatch, x_TD, routing, self.experts,
-                           **self.router.dispatch_options(batch * seq))
+    task_T = None if task_B is None else jnp.repeat(task_B, seq)
+    routing, router_aux = self.router(x_TD, task_T)
+    options = self.router.dispatch_options(batch * seq)
+    kept, group_dropped = routing, None
+    if cfg.group_size is not None and cfg.capacity_factor is not None:
+      # Per-group capacity (V-MoE): drop here, then dispatch what is left without a limit.
+      rows = plan.capacity(cfg.group_size, cfg.top_k, cfg.num_experts, cfg.capacity_factor,
+                           cfg.capacity_multiple)
+      kept, group_dropped = plan.drop_over_group_capacity(routing, cfg.group_size, rows,
+                                                          cfg.batch_prioritized)
+      options["capacity_factor"] = None
+    y_TD, stats = dispatch(cfg.dispatch, x_TD, kept, self.experts, **options)
+    if group_dropped is not None:
+      stats["dropped_fraction"] = group_dropped
     y_BSD = y_TD.reshape(batch, seq, d_model)
     if self.shared is not None:
       y_BSD = y_BSD + self.shared(x_BSD).astype(y_BSD.dtype)

@@ -54,21 +54,33 @@ def router_z_loss(routing: Routing) -> jax.Array:
 
 
 def squared_cv(values_E) -> jax.Array:
-  """Squared coefficient of variation, var / mean^2 (V-MoE's balance measure)."""
-  return jnp.var(values_E) / (jnp.square(jnp.mean(values_E)) + 1e-10)
+  """Squared coefficient of variation over the last axis, var / mean^2 (V-MoE's balance
+  measure)."""
+  return jnp.var(values_E, axis=-1) / (jnp.square(jnp.mean(values_E, axis=-1)) + 1e-10)
 
 
-def importance_loss(routing: Routing) -> jax.Array:
-  """V-MoE importance loss (Riquelme et al. 2021): cv^2 over experts of sum_t p_te."""
-  return squared_cv(jnp.sum(routing.probs_TE, axis=0))
+def _group_squared_cv(values_TE, group_size: Optional[int]) -> jax.Array:
+  """Mean over groups of ``group_size`` consecutive tokens (None: one group) of the squared
+  cv over experts of the per-expert sums."""
+  num_tokens, num_experts = values_TE.shape
+  group = num_tokens if group_size is None else group_size
+  return jnp.mean(squared_cv(jnp.sum(values_TE.reshape(-1, group, num_experts), axis=1)))
 
 
-def noisy_load_loss(logits_TE, threshold_T1, noise_std: float) -> jax.Array:
+def importance_loss(routing: Routing, group_size: Optional[int] = None) -> jax.Array:
+  """V-MoE importance loss (Riquelme et al. 2021): cv^2 over experts of sum_t p_te, per
+  group of ``group_size`` tokens (V-MoE routes and balances each group on its own)."""
+  return _group_squared_cv(routing.probs_TE, group_size)
+
+
+def noisy_load_loss(logits_TE, threshold_T1, noise_std: float,
+                    group_size: Optional[int] = None) -> jax.Array:
   """V-MoE load loss: cv^2 over experts of sum_t P(logit_te + fresh noise > threshold_t), the
-  threshold being the token's k-th largest noisy logit (Shazeer et al. 2017; V-MoE eq. A.4)."""
+  threshold being the token's k-th largest noisy logit (Shazeer et al. 2017; V-MoE eq. A.4),
+  per group of ``group_size`` tokens."""
   noise_to_win_TE = (jax.lax.stop_gradient(threshold_T1) - logits_TE) / noise_std
   prob_selected_TE = 1.0 - jax.scipy.stats.norm.cdf(noise_to_win_TE)
-  return squared_cv(jnp.sum(prob_selected_TE, axis=0))
+  return _group_squared_cv(prob_selected_TE, group_size)
 
 
 def aux_free_bias_update(bias_E, load_E, rate: float) -> jax.Array:

@@ -110,3 +110,19 @@ def drop_over_capacity(routing: Routing, capacity_rows: int, batch_prioritized: 
   routing = routing.replace(weights_TK=jnp.where(kept_TK, routing.weights_TK, 0.0),
                             active_TK=kept_TK)
   return routing, dropped
+
+
+def drop_over_group_capacity(routing: Routing, group_size: int, capacity_rows: int,
+                             batch_prioritized: bool):
+  """``drop_over_capacity`` for each group of ``group_size`` consecutive tokens on its own
+  (V-MoE's per-group routing: every group has ``capacity_rows`` rows per expert); the dropped
+  fraction is the mean over groups."""
+  num_tokens = routing.expert_ids_TK.shape[0]
+  if num_tokens % group_size:
+    raise ValueError(f"group_size={group_size} does not divide the {num_tokens} tokens of the "
+                     "batch (config.model.moe.group_size)")
+  split = lambda a: a.reshape(num_tokens // group_size, group_size, *a.shape[1:])
+  kept_G, dropped_G = jax.vmap(lambda r: drop_over_capacity(r, capacity_rows, batch_prioritized)
+                               )(jax.tree.map(split, routing))
+  kept = jax.tree.map(lambda a: a.reshape(num_tokens, *a.shape[2:]), kept_G)
+  return kept, jnp.mean(dropped_G)

@@ -104,24 +104,28 @@ def sigmoid_top_k(logits_TE, top_k: int, renormalize: bool = True, bias_E=None) 
 
 
 def noisy_top_k(logits_TE, top_k: int, key, noise_std: Optional[float] = None,
-                renormalize: bool = False) -> tuple[Routing, dict[str, jax.Array]]:
+                renormalize: bool = False, group_size: Optional[int] = None
+                ) -> tuple[Routing, dict[str, jax.Array]]:
   """V-MoE router (Riquelme et al. 2021): TOP_k(softmax(logits + eps)), eps ~ N(0, std^2),
   std = 1/E by default; without ``key`` no noise is added (evaluation).
 
-  Returns the routing and ``{"load_loss": ...}``, the V-MoE load loss: the squared
-  coefficient of variation over experts of P(expert i is selected under fresh noise), where
-  selection means beating the k-th largest noisy logit (Shazeer et al. 2017, V-MoE eq. A.4).
-  ``probs_TE`` are the noisy softmax gates, whose sums the importance loss balances.
+  The choices and their combine weights come from the noisy softmax (not renormalised unless
+  asked, as in V-MoE); ``probs_TE`` holds the clean softmax, on which the importance loss and
+  the balance metrics are computed. Returns the routing and ``{"load_loss": ...}``, the V-MoE
+  load loss: the squared coefficient of variation over experts of P(expert i is selected under
+  fresh noise), where selection means beating the k-th largest noisy logit (Shazeer et al.
+  2017, V-MoE eq. A.4), per group of ``group_size`` tokens.
   """
   logits_TE = logits_TE.astype(jnp.float32)
   std = 1.0 / logits_TE.shape[-1] if noise_std is None else noise_std
   noisy_TE = logits_TE
   if key is not None:
     noisy_TE = logits_TE + std * jax.random.normal(key, logits_TE.shape, jnp.float32)
-  probs_TE = jax.nn.softmax(noisy_TE, axis=-1)
-  routing = _routing_from_scores(probs_TE, probs_TE, logits_TE, top_k, renormalize)
+  gates_TE = jax.nn.softmax(noisy_TE, axis=-1)
+  routing = _routing_from_scores(gates_TE, jax.nn.softmax(logits_TE, axis=-1), logits_TE, top_k,
+                                 renormalize)
   threshold_T1 = jax.lax.top_k(noisy_TE, top_k)[0][:, -1:]
-  load_loss = losses.noisy_load_loss(logits_TE, threshold_T1, std)
+  load_loss = losses.noisy_load_loss(logits_TE, threshold_T1, std, group_size)
   return routing, {"load_loss": load_loss}
 
 

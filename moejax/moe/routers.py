@@ -2,7 +2,9 @@
 
 A router maps tokens x_TD to a ``Routing`` (router_functions.py: which experts each token uses,
 with what weight) and to the auxiliary losses and metrics it defines. Each router owns
-  its parameters   the logits weight ``w_DE`` (all), the ReLU router's gain ``scale_E``;
+  its parameters   the logits weight ``w_DE`` (all; ``w_NDE``, one per task, for per-task
+                   routing), the one-hot task weight ``w_task_NE``, the ReLU router's gain
+                   ``scale_E``;
   its state        the aux-loss-free balancing bias (``RouterBias``), the training step
                    (``MoEStep``: the top-k schedule, the noise) and the noise key;
   its losses       ``losses``: name -> default weight, returned under those names by every call.
@@ -10,6 +12,14 @@ The base class ``Router`` holds what routers share: the logits, the bias and its
 step and the top-k schedule. A new router is one subclass (``route`` from logits, plus its class
 attributes) and one ``ROUTERS`` entry; the MoE layer, the config checks (config.py) and the
 train step's loss weights (``MoEConfig.aux_loss_defaults``) pick it up from there.
+
+Task-conditioned routing (``cfg.num_tasks`` > 0; M3ViT, Liang et al. 2022; Edge-MoE, Sarkar et
+al. 2023) lives in the base class, so every routing rule can be conditioned: the call takes each
+token's task id; "per_task" gives each task its own logits weight, "one_hot" adds a learned
+per-task logit row (a one-hot task vector concatenated to the router input, through the same
+linear map). ``task_mask_NE`` (``TaskExpertMask``, all ones in training) restricts each task to
+a subset of the experts at inference: Edge-MoE's point that a task need only load the experts
+it uses.
 
 Training-time state is never a gradient: the forward pass only reads the bias; the train step
 calls ``update_bias`` with the step's expert loads after the gradient, and sets the step with
@@ -38,7 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = [  # the routing functions are re-exported: tests and dispatch use them from here
     "ROUTERS", "ExpertChoice", "MoEStep", "NoisyTopK", "ReLURouter", "Router", "RouterBias",
-    "RouterNoiseKey", "Routing", "SigmoidTopK", "SinkhornTopK", "SoftmaxTopK", "expert_choice",
+    "RouterNoiseKey", "Routing", "TaskExpertMask", "SigmoidTopK", "SinkhornTopK", "SoftmaxTopK", "expert_choice",
     "keep_first_choices", "noisy_top_k", "relu_routing", "sigmoid_top_k", "sinkhorn",
     "sinkhorn_top_k", "softmax_top_k", "top_k_at",
 ]
@@ -51,6 +61,10 @@ class MoEStep(nnx.Variable):
 class RouterBias(nnx.Variable):
   """Aux-loss-free balancing bias [E] (Wang et al. 2024): non-gradient state, updated from the
   expert loads by ``losses.aux_free_bias_update`` after each training step."""
+
+
+class TaskExpertMask(nnx.Variable):
+  """[N, E] float32, 1 where task n may use expert e (all ones unless an analysis prunes)."""
 
 
 class RouterNoiseKey(nnx.Variable):
@@ -69,8 +83,9 @@ class Router(nnx.Module):
     omits_layer_losses: layer losses (``layer.LAYER_LOSSES``) that are constant under this
       router, so the layer does not return them (a constant loss trains nothing).
 
-  ``__call__(x_TD) -> (Routing, aux)``; aux holds exactly the ``losses`` names (float32
-  scalars) and the router's metrics (``top_k`` under a schedule).
+  ``__call__(x_TD, task_T=None) -> (Routing, aux)``; aux holds exactly the ``losses`` names
+  (float32 scalars) and the router's metrics (``top_k`` under a schedule). ``task_T`` (int32
+  task id per token) is required iff ``cfg.num_tasks`` > 0.
   """
   losses: ClassVar[dict[str, float]] = {}
   supports_bias_balancing: ClassVar[bool] = False
@@ -82,26 +97,54 @@ class Router(nnx.Module):
                rngs: nnx.Rngs):
     self.cfg = cfg
     self.deterministic = False  # ``model.eval()`` sets it: no noise, the final top_k
-    self.w_DE = param(rngs, nnx.initializers.normal(d_model ** -0.5),
-                      (d_model, cfg.num_experts), ("embed", None), param_dtype)
+    init = nnx.initializers.normal(d_model ** -0.5)
+    num_tasks, num_experts = cfg.num_tasks, cfg.num_experts
+    if cfg.task_routing == "per_task":
+      self.w_NDE = param(rngs, init, (num_tasks, d_model, num_experts), (None, "embed", None),
+                         param_dtype)
+    else:
+      self.w_DE = param(rngs, init, (d_model, num_experts), ("embed", None), param_dtype)
+    self.w_task_NE = (param(rngs, init, (num_tasks, num_experts), (None, None), param_dtype)
+                      if cfg.task_routing == "one_hot" else None)
+    self.task_mask_NE = (TaskExpertMask(jnp.ones((num_tasks, num_experts), jnp.float32))
+                         if num_tasks else None)
     self.bias_E = (RouterBias(jnp.zeros((cfg.num_experts,), jnp.float32))
                    if cfg.bias_update_rate else None)
     needs_step = cfg.top_k_schedule is not None or self.uses_step
     self.step = MoEStep(jnp.zeros((), jnp.int32)) if needs_step else None
 
   @classmethod
-  def num_params(cls, d_model: int, num_experts: int) -> int:
+  def num_params(cls, d_model: int, cfg: MoEConfig) -> int:
     """Trainable parameters of one router (for parameter counts without building a model)."""
-    return d_model * num_experts
+    tables = cfg.num_tasks if cfg.task_routing == "per_task" else 1
+    one_hot = cfg.num_tasks if cfg.task_routing == "one_hot" else 0
+    return (tables * d_model + one_hot) * cfg.num_experts
+
+  def logits(self, x_TD, task_T=None):
+    """float32 router logits [T, E], conditioned on the tokens' tasks (see the module
+    docstring); experts a task is masked from get -1e9."""
+    x_TD = x_TD.astype(jnp.float32)
+    if self.cfg.num_tasks and task_T is None:
+      raise ValueError(f"this router is task-conditioned (num_tasks={self.cfg.num_tasks}): "
+                       "pass the task id of every token")
+    if self.cfg.task_routing == "per_task":
+      logits_TNE = jnp.einsum("td,nde->tne", x_TD, self.w_NDE[...].astype(jnp.float32))
+      logits_TE = jnp.take_along_axis(logits_TNE, task_T[:, None, None], axis=1)[:, 0]
+    else:
+      logits_TE = jnp.einsum("td,de->te", x_TD, self.w_DE[...].astype(jnp.float32))
+    if self.w_task_NE is not None:
+      logits_TE = logits_TE + self.w_task_NE[...].astype(jnp.float32)[task_T]
+    if self.task_mask_NE is not None:
+      logits_TE = jnp.where(self.task_mask_NE[...][task_T] > 0, logits_TE, -1e9)
+    return logits_TE
 
   def route(self, logits_TE, top_k: int) -> tuple[Routing, dict[str, jax.Array]]:
     """The routing of float32 ``logits_TE`` with ``top_k`` choice slots (top-k routers), and
     the router's own losses; what a subclass defines."""
     raise NotImplementedError
 
-  def __call__(self, x_TD) -> tuple[Routing, dict[str, jax.Array]]:
-    logits_TE = jnp.einsum("td,de->te", x_TD.astype(jnp.float32),
-                           self.w_DE[...].astype(jnp.float32))
+  def __call__(self, x_TD, task_T=None) -> tuple[Routing, dict[str, jax.Array]]:
+    logits_TE = self.logits(x_TD, task_T)
     schedule = self.cfg.top_k_schedule
     scheduled = schedule is not None and not self.deterministic
     # Under a schedule, route with the initial k slots and keep the first k of the step.
@@ -157,8 +200,9 @@ class NoisyTopK(Router):
   """V-MoE (Riquelme et al. 2021): top-k of softmax(logits + noise), noise std
   ``cfg.noise_std`` (None: 1/E), fresh each step (``fold_in(noise key, step)``), none in eval.
 
-  Its losses are V-MoE's: the importance loss (cv^2 of the experts' summed gates) and the load
-  loss (cv^2 of their expected loads under the noise). V-MoE adds lambda * (their mean) with
+  Its losses are V-MoE's: the importance loss (cv^2 of the experts' summed clean gates) and
+  the load loss (cv^2 of their expected loads under the noise), per routing group
+  (``cfg.group_size``). V-MoE adds lambda * (their mean) with
   lambda = 0.01, hence 0.005 each.
   """
   losses = {"importance_loss": 0.005, "load_loss": 0.005}
@@ -174,8 +218,10 @@ class NoisyTopK(Router):
     key = None
     if not self.deterministic:
       key = jax.random.fold_in(jax.random.wrap_key_data(self.noise_key[...]), self.step[...])
-    routing, aux = noisy_top_k(logits_TE, top_k, key, self.cfg.noise_std, self.cfg.renormalize)
-    aux["importance_loss"] = losses.importance_loss(routing)
+    cfg = self.cfg
+    routing, aux = noisy_top_k(logits_TE, top_k, key, cfg.noise_std, cfg.renormalize,
+                               cfg.group_size)
+    aux["importance_loss"] = losses.importance_loss(routing, cfg.group_size)
     return routing, aux
 
 
@@ -232,8 +278,8 @@ class ReLURouter(Router):
                              eager_sharding=False)
 
   @classmethod
-  def num_params(cls, d_model: int, num_experts: int) -> int:
-    return super().num_params(d_model, num_experts) + num_experts
+  def num_params(cls, d_model: int, cfg: MoEConfig) -> int:
+    return super().num_params(d_model, cfg) + cfg.num_experts
 
   def route(self, logits_TE, top_k):
     del top_k  # K = E slots: the positive scores choose
