@@ -11,7 +11,9 @@ Conventions (Nakamura et al. 2025, arXiv 2508.18672, whose checkpoint names thes
   et al. 2022).
 
 ``trunk_breakdown`` counts the shared trunk (models/trunk.py) of any family; the LM functions
-add its embedding, final norm and head. The CLI is ``python -m experiments.count``.
+add its embedding, final norm and head, the ViT functions (``vit_*``) its patch embedding,
+positions, class token, final norm and heads, with FLOPs per image. The CLI is
+``python -m experiments.count`` (or ``python -m moejax.counting``).
 """
 
 from __future__ import annotations
@@ -115,3 +117,60 @@ def summary(config: ml_collections.ConfigDict) -> dict:
       "train_flops": flops_per_token * tokens,
       "params_by_component": param_breakdown(model),
   }
+
+
+def _vit_counts(model: ml_collections.ConfigDict):
+  """(parameters per component, active parameters, the ViT config, the trunk config)."""
+  from moejax.models import vit  # pylint: disable=import-outside-toplevel
+  trunk, image = vit.trunk_config(model), vit.ViTConfig.from_config(model)
+  d = trunk.d_model
+  parts = trunk_breakdown(trunk)
+  parts["norms"] += d
+  parts = {"patch_embedding": (image.patch_features + 1) * d,
+           "positions": image.num_tokens * d + (d if image.pool == "cls" else 0),
+           "heads": d * sum(image.num_classes), **parts}
+  return parts, active_params(trunk, parts), image, trunk
+
+
+def vit_forward_flops_per_image(model: ml_collections.ConfigDict) -> int:
+  """Forward FLOPs of one image: 2 per multiply-add of the patch embedding (per patch), of the
+  trunk's active matmuls and routers (per token), of every task head, plus attention scores
+  and values over the T tokens."""
+  parts, active, image, trunk = _vit_counts(model)
+  trunk_matmuls = active - parts["norms"] - parts["patch_embedding"] - parts["positions"] - (
+      parts["heads"]) + parts["router"]
+  tokens = image.num_tokens
+  attention = 2 * 2 * tokens * tokens * trunk.num_heads * trunk.head_dim * trunk.num_layers
+  return (2 * (image.num_patches * image.patch_features * trunk.d_model + tokens * trunk_matmuls
+               + parts["heads"]) + attention)
+
+
+def vit_name(model: ml_collections.ConfigDict) -> str:
+  """``d{D}-L{layers}-p{patch}-E{E}-k{K}-{placement}-{TOTAL}-A{ACTIVE}`` (``dense`` for a
+  model without MoE layers); the placement is ``every{n}``, ``last{n}`` or ``layers``."""
+  parts, active, image, trunk = _vit_counts(model)
+  total = sum(parts.values())
+  head = f"d{trunk.d_model}-L{trunk.num_layers}-p{image.patch_size}"
+  sizes = f"{format_count(total)}-A{format_count(active)}"
+  if not trunk.num_moe_layers:
+    return f"{head}-dense-{sizes}"
+  placement = ("layers" if trunk.moe_layers is not None else
+               f"last{trunk.moe_last_n}" if trunk.moe_last_n else f"every{trunk.moe_every}")
+  return f"{head}-E{trunk.moe.num_experts}-k{trunk.moe.top_k}-{placement}-{sizes}"
+
+
+def vit_summary(config: ml_collections.ConfigDict) -> dict:
+  """Counts for a ViT run config; images = steps * batch."""
+  model = config.model
+  parts, active, _, _ = _vit_counts(model)
+  forward = vit_forward_flops_per_image(model)
+  images = config.train.steps * config.data.batch_size
+  return {"name": vit_name(model), "total_params": sum(parts.values()), "active_params": active,
+          "forward_flops_per_image": forward, "train_flops_per_image": 3 * forward,
+          "train_images": images, "train_flops": 3 * forward * images,
+          "params_by_component": parts}
+
+
+if __name__ == "__main__":  # ``python -m moejax.counting --config=...``: the counting CLI
+  from experiments import count  # pylint: disable=import-outside-toplevel
+  count.cli.run(count.main)

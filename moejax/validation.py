@@ -67,5 +67,4 @@ def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> dict[st
   _require(config.data.batch_size % data_parallel == 0,
            f"config.data.batch_size={config.data.batch_size} is not divisible by the "
            f"data-parallel size {data_parallel} (mesh axes {batch_axes} of {sizes})")
-  _require(config.data.seq_len > 0, f"config.data.seq_len={config.data.seq_len} must be > 0")
   return sizes

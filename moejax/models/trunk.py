@@ -42,7 +42,7 @@ from moejax.layers.mlp import DENSE_FFNS
 from moejax.layers.norms import RMSNorm
 from moejax.layers.params import param
 from moejax.moe.config import MoEConfig
-from moejax.moe.layer import EXPERT_LOAD, MoELayer
+from moejax.moe.layer import PER_LAYER_AUX, MoELayer
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REMAT_POLICIES = {
@@ -250,15 +250,16 @@ class BlockGroup(nnx.Module):
 
 
 def reduce_aux(aux_per_stage: Sequence[dict]) -> dict:
-  """Per-MoE-layer aux values ([M] or [M, E], depth order) -> their mean over layers, except
-  ``expert_load``, kept per layer for the bias update."""
+  """Per-MoE-layer aux values ([M, ...], depth order) -> their mean over layers, except
+  ``PER_LAYER_AUX`` (``expert_load`` for the bias update, ``expert_choices`` for analyses),
+  kept per layer."""
   stages = [aux for aux in aux_per_stage if aux]
   if not stages:
     return {}
   out = {}
   for name in stages[0]:
     values_M = jnp.concatenate([aux[name] for aux in stages])
-    out[name] = values_M if name == EXPERT_LOAD else jnp.mean(values_M)
+    out[name] = values_M if name in PER_LAYER_AUX else jnp.mean(values_M)
   return out
 
 

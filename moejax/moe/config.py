@@ -35,6 +35,8 @@ Fields:
                       Experts are shared by all tasks either way.
   balance_per_sequence, detailed_metrics, chunk_size
                       loss and metric options (moejax/moe/losses.py).
+  return_choices      analysis: the layer's aux also holds ``expert_choices`` [T, K] (the
+                      expert of every kept choice, -1 where inactive or dropped).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class MoEConfig:
   balance_per_sequence: bool = False
   detailed_metrics: bool = False
   chunk_size: int = 8
+  return_choices: bool = False
 
   @classmethod
   def from_config(cls, section: Mapping[str, Any],

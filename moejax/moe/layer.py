@@ -43,8 +43,10 @@ from moejax.moe.routers import ROUTERS, MoEStep
 # Nakamura et al. 2025 use.
 LAYER_LOSSES = {"load_balance_loss": 1e-2, "router_z_loss": 1e-3}
 EXPERT_LOAD = "expert_load"  # the aux entry [E] (per layer, not averaged) the bias update reads
+EXPERT_CHOICES = "expert_choices"  # [T, K] per layer with cfg.return_choices (analyses)
+PER_LAYER_AUX = (EXPERT_LOAD, EXPERT_CHOICES)  # kept per layer by the trunk, not averaged
 
-__all__ = ["EXPERT_LOAD", "LAYER_LOSSES", "MoELayer", "MoEStep", "set_moe_step"]
+__all__ = ["EXPERT_CHOICES", "EXPERT_LOAD", "PER_LAYER_AUX", "LAYER_LOSSES", "MoELayer", "MoEStep", "set_moe_step"]
 
 
 def set_moe_step(model_state: nnx.State, step) -> nnx.State:
@@ -114,6 +116,8 @@ class MoELayer(nnx.Module):
     }
     if cfg.bias_update_rate:
       aux[EXPERT_LOAD] = losses.expert_load(routing)
+    if cfg.return_choices:
+      aux[EXPERT_CHOICES] = jnp.where(kept.active(), kept.expert_ids_TK, -1)
     return y_BSD, aux
 
   def update_bias(self, load_E):

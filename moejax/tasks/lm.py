@@ -20,9 +20,9 @@ from flax import nnx
 
 from moejax import counting
 from moejax.data.sources import BATCH_KEYS, make_source
+from moejax.errors import require
 from moejax.models.lm import MoELM, trunk_config
 from moejax.training.task import BatchField, Task
-
 
 
 def masked_cross_entropy(logits_BTV, targets_BT, mask_BT):
@@ -37,6 +37,7 @@ class LMTask(Task):
 
   def check(self, config: ml_collections.ConfigDict) -> None:
     trunk_config(config.model)
+    require(config.data.seq_len > 0, f"config.data.seq_len={config.data.seq_len} must be > 0")
 
   def build_model(self, model: ml_collections.ConfigDict, rngs: nnx.Rngs) -> MoELM:
     return MoELM.from_config(model, rngs=rngs)

@@ -15,6 +15,7 @@ DiT-MoE sits behind a task, named by the run config (``config.task = "lm"``):
   evaluate(config, graphdef, state, eval_loss, items_dir)
                            metrics after training (eval.json), beyond the held-out loss
   counts(config)           name, total/active parameters, training FLOPs (moejax/counting.py)
+  tokens_per_batch(config) tokens in one training batch (the logged throughput)
 
 A new family is a model file (embeddings + ``models.trunk.Trunk`` + head), a task class and one
 ``TASKS`` entry (a "module:Class" path, imported on first use).
@@ -32,7 +33,7 @@ from flax import nnx
 
 from moejax.errors import require
 
-TASKS = {"lm": "moejax.tasks.lm:LMTask"}
+TASKS = {"lm": "moejax.tasks.lm:LMTask", "vit": "moejax.tasks.vit:ViTTask"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +80,9 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def counts(self, config: ml_collections.ConfigDict) -> dict:
     ...
+
+  def tokens_per_batch(self, config: ml_collections.ConfigDict) -> int:
+    return config.data.batch_size * config.data.seq_len
 
 
 def get(config: ml_collections.ConfigDict) -> Task:

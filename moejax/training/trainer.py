@@ -78,7 +78,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     holder = {"state": state}
     try:
       final_loss = _run_steps(config, holder, train_step, source, batch_sharding, manager,
-                              writer, start)
+                              writer, start, task.tokens_per_batch(config))
       if manager.latest_step() != config.train.steps:
         checkpointing.save(manager, config.train.steps, holder["state"], force=True)
     finally:  # also on divergence: finish pending saves and close the files
@@ -100,11 +100,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _run_steps(config, holder, train_step, source, batch_sharding, manager, writer, start):
+def _run_steps(config, holder, train_step, source, batch_sharding, manager, writer, start,
+               tokens_per_step):
   """Steps ``start .. steps-1``; metrics are fetched one step late so the host never stalls
   the device queue. Returns the last logged training loss."""
   total = config.train.steps
-  tokens_per_step = config.data.batch_size * config.data.seq_len
   bar = tqdm(total=total, initial=start, desc="train", unit="step",
              disable=not config.train.progress_bar or jax.process_index() != 0)
   pending, last_loss = None, float("nan")
