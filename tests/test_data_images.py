@@ -173,7 +173,8 @@ def test_tfds_mnist_with_mock_data():
 
 def test_tfds_not_prepared_names_the_set_and_data_dir(tmp_path):
   pytest.importorskip("tensorflow_datasets")
-  with pytest.raises(FileNotFoundError, match=f"tfds:mnist is not prepared in data_dir='{tmp_path}"):
+  with pytest.raises(FileNotFoundError,
+                     match=f"tfds:mnist is not prepared in data_dir='{tmp_path}"):
     images.load_images(f"tfds:mnist@{tmp_path}", "test")
   with pytest.raises(ValueError, match="no data set named 'no_such_set'"):
     images.load_images(f"tfds:no_such_set@{tmp_path}", "test")

@@ -60,7 +60,7 @@ def check_split(split: str) -> None:
 # ----------------------------------------------------------------------------- conversion
 
 def set_channels(images_NHWC: np.ndarray, channels: int | None) -> np.ndarray:
-  """Returns float32 images with ``channels`` channels (None keeps them); works on [..., H, W, C]."""
+  """Float32 images with ``channels`` channels (None keeps them); works on [..., H, W, C]."""
   if channels is None or images_NHWC.shape[-1] == channels:
     return images_NHWC
   if channels not in (1, 3):
