@@ -92,7 +92,9 @@ class ImageSource:
     perm_N = self._perms.get(epoch)
     if perm_N is None:
       perm_N = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
-      self._perms = {**{e: p for e, p in self._perms.items() if e >= epoch - 1}, epoch: perm_N}
+      # Bounded cache (a batch spans neighbouring epochs), in whatever order steps come.
+      kept = {e: p for e, p in self._perms.items() if abs(e - epoch) == 1}
+      self._perms = {**kept, epoch: perm_N}
     return perm_N
 
   def _rows(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
