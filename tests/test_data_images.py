@@ -207,3 +207,27 @@ def test_task_labels_errors():
     images.task_labels(digits, "colour")
   with pytest.raises(ValueError, match="fashion_coarse3.*needs the classes"):
     images.task_labels(digits, "fashion_coarse3")
+
+
+def test_tfds_conversion_of_mixed_sizes_and_split_fallback():
+  tf = pytest.importorskip("tensorflow")
+  from moejax.data import image_readers  # pylint: disable=import-outside-toplevel
+  pictures = [np.full((4, 6, 3), 51, np.uint8), np.full((9, 5, 3), 255, np.uint8)]
+  dataset = tf.data.Dataset.from_generator(
+      lambda: iter(zip(pictures, [2, 0])),
+      output_signature=(tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((), tf.int64)))
+  with pytest.raises(ValueError, match=r"toy\[1\] is \(9, 5\)"):
+    image_readers.dataset_to_image_set(dataset, ["a", "b", "c"], name="toy")
+  data = image_readers.dataset_to_image_set(dataset, ["a", "b", "c"], image_size=3, channels=1)
+  assert data.images_NHWC.shape == (2, 3, 3, 1) and data.labels_N.tolist() == [2, 0]
+  np.testing.assert_allclose(data.images_NHWC[0], 0.2, atol=1e-6)
+  assert data.class_names == ("a", "b", "c") and data.num_classes == 3
+
+  class Builder:  # what _tfds_split reads of a tfds builder
+    def __init__(self, splits):
+      self.info = type("Info", (), {"splits": dict.fromkeys(splits)})()
+
+  split_of = image_readers._tfds_split  # pylint: disable=protected-access
+  assert split_of(Builder(["train", "validation"]), "test") == "validation"
+  assert split_of(Builder(["train", "test", "validation"]), "all") == "train+test"
+  assert split_of(Builder([]), "test") == "test"  # splits unknown (not prepared, or mocked)

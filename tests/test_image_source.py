@@ -71,6 +71,14 @@ def test_batches_cross_epoch_boundaries():
       [seed, 4]).permutation(n)])[25:50])
 
 
+def test_permutation_cache_stays_bounded_in_any_step_order():
+  source = ImageSource(_tagged_set(n=10), batch_size=4, seed=0)
+  reference = [_ids(source.batch(s)) for s in range(60)]
+  for step in (59, 0, 30, 31, 2, 59, 1):
+    np.testing.assert_array_equal(_ids(source.batch(step)), reference[step])
+    assert len(source._perms) <= 3  # pylint: disable=protected-access
+
+
 def test_two_tasks_alternate_with_their_labels():
   digits = images.load_digits("train")
   source = ImageSource(digits, batch_size=7, seed=0, tasks=("class", "parity"))

@@ -46,7 +46,7 @@ class ImageSource:
   def __init__(self, image_set: ImageSet, batch_size: int, seed: int,
                tasks: tuple[str, ...] = ("class",), shuffle: bool = True,
                normalize: tuple[np.ndarray, np.ndarray] | None = None):
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
       raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
       raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -56,7 +56,7 @@ class ImageSource:
       raise ValueError(f"image_set must hold as many labels as images, at least one; got "
                        f"{len(image_set.images_NHWC)} images, {len(image_set.labels_N)} labels")
     self.image_set = image_set
-    self.batch_size = batch_size
+    self.batch_size = int(batch_size)
     self.seed = int(seed)
     self.tasks = tuple(tasks)
     self.shuffle = shuffle
@@ -92,7 +92,9 @@ class ImageSource:
     perm_N = self._perms.get(epoch)
     if perm_N is None:
       perm_N = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
-      self._perms = {**{e: p for e, p in self._perms.items() if e >= epoch - 1}, epoch: perm_N}
+      # Bounded cache (a batch spans neighbouring epochs), in whatever order steps come.
+      kept = {e: p for e, p in self._perms.items() if abs(e - epoch) == 1}
+      self._perms = {**kept, epoch: perm_N}
     return perm_N
 
   def _rows(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
