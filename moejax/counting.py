@@ -108,8 +108,11 @@ def summary(config: ml_collections.ConfigDict) -> dict:
   total, active = count_params(model)
   tokens = config.train.steps * config.data.batch_size * config.data.seq_len
   flops_per_token = train_flops_per_token(model, config.data.seq_len)
+  name = run_name(model)
+  if not TrunkConfig.from_config(model).num_moe_layers:
+    name = f"d{model.d_model}-dense-{format_count(total)}-A{format_count(active)}"
   return {
-      "name": run_name(model),
+      "name": name,
       "total_params": total,
       "active_params": active,
       "train_flops_per_token": flops_per_token,

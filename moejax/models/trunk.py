@@ -299,19 +299,35 @@ class Trunk(nnx.Module):
       aux_per_stage.append(jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:]), aux_LJ))
     return x_BTD, reduce_aux(aux_per_stage)
 
-  def update_router_biases(self, expert_load_ME):
-    """The aux-free balancing update of every MoE layer's bias from the step's per-layer loads
-    (``aux["expert_load"]``, depth order); call it outside the gradient."""
+  def for_each_moe_layer(self, values_M, apply):
+    """Calls ``apply(moe_layer, values_L)`` for every MoE block of every stage, where
+    ``values_M`` holds one entry per MoE layer in depth order and ``values_L`` the entries of
+    that block's stacked layers (the stage's repeats)."""
     start = 0
     for (_, repeats), stage in zip(self.stage_patterns, self.stages):
       moe_blocks = [b for b in stage.blocks if b.use_moe]
       if not moe_blocks:
         continue
       count = repeats * len(moe_blocks)
-      load_LJE = expert_load_ME[start:start + count].reshape(repeats, len(moe_blocks), -1)
+      values_LJ = values_M[start:start + count].reshape(repeats, len(moe_blocks),
+                                                        *values_M.shape[1:])
       for j, block in enumerate(moe_blocks):
-        block.ffn.update_bias(load_LJE[:, j])
+        apply(block.ffn, values_LJ[:, j])
       start += count
+
+  def update_router_biases(self, expert_load_ME):
+    """The aux-free balancing update of every MoE layer's bias from the step's per-layer loads
+    (``aux["expert_load"]``, depth order); call it outside the gradient."""
+    self.for_each_moe_layer(expert_load_ME, lambda layer, load_LE: layer.update_bias(load_LE))
+
+  def set_task_expert_masks(self, mask_MNE):
+    """Sets every task-conditioned router's ``task_mask_NE`` (which experts each task may use)
+    from one [N, E] mask per MoE layer, depth order (Edge-MoE-style pruning at inference)."""
+
+    def set_mask(layer, mask_LNE):
+      layer.router.task_mask_NE[...] = jnp.asarray(mask_LNE, jnp.float32)
+
+    self.for_each_moe_layer(mask_MNE, set_mask)
 
   def init_cache(self, batch: int, num_slots: int, dtype) -> tuple[tuple, tuple]:
     """Zero keys and values per stage, [L, J, B, S, G, K] each."""

@@ -54,13 +54,10 @@ def model_tags(model: ml_collections.ConfigDict) -> dict[str, Any]:
           "sparsity": 1.0 - top_k / experts}
 
 
-def default_name(model: ml_collections.ConfigDict) -> str:
-  """The study's name ``d{D}-E{E}-k{K}-{TOTAL}-A{ACTIVE}``; ``d{D}-dense-...`` for dense."""
-  if not is_dense(model):
-    return counting.run_name(model)
-  total, active = counting.count_params(model)
-  return (f"d{model.d_model}-dense-{counting.format_count(total)}-"
-          f"A{counting.format_count(active)}")
+def default_name(config: ml_collections.ConfigDict) -> str:
+  """The run's name from its model: the task's ``counts(config)["name"]``, e.g. the LM
+  study's ``d{D}-E{E}-k{K}-{TOTAL}-A{ACTIVE}`` (``d{D}-dense-...`` for dense)."""
+  return task_lib.get(config).counts(config)["name"]
 
 
 def make_run(base: ml_collections.ConfigDict, *, family: str = "",
@@ -70,12 +67,12 @@ def make_run(base: ml_collections.ConfigDict, *, family: str = "",
 
   Example: ``make_run(base, model=dict(moe=dict(num_experts=16)), train=dict(steps=200))``
   (nested sections update field by field). The name
-  defaults to ``default_name(model) + suffix``.
+  defaults to ``default_name(config) + suffix``.
   """
   config = copy.deepcopy(base)  # keeps lazy references: heads and FFN sizes follow d_model
   for section, values in overrides.items():
     _update(config, section, values)
-  return SweepRun(name=name or default_name(config.model) + suffix, config=config,
+  return SweepRun(name=name or default_name(config) + suffix, config=config,
                   family=family, tags=dict(tags or {}))
 
 
@@ -100,10 +97,11 @@ def static_columns(run: SweepRun) -> dict[str, Any]:
   summary.pop("name")
   summary.pop("params_by_component")
   columns = {**summary, **model_tags(run.config.model), "family": run.family,
-             "seed": run.config.seed,
-             "tpp": summary["train_tokens"] / summary["total_params"],
-             "steps": run.config.train.steps, "batch_size": run.config.data.batch_size,
-             "seq_len": run.config.data.seq_len, "config_json": run.config.to_json()}
+             "seed": run.config.seed, "steps": run.config.train.steps,
+             "batch_size": run.config.data.batch_size, "config_json": run.config.to_json()}
+  if "train_tokens" in summary:  # token-based families (the LM)
+    columns.update(tpp=summary["train_tokens"] / summary["total_params"],
+                   seq_len=run.config.data.seq_len)
   columns.update(run.tags)
   return columns
 
@@ -211,7 +209,7 @@ def apply_overrides(runs: Sequence[SweepRun], overrides: Sequence[str]) -> list[
     config = copy.deepcopy(run.config)
     for item in overrides:
       _set_field(config, item)
-    old, new = default_name(run.config.model), default_name(config.model)
+    old, new = default_name(run.config), default_name(config)
     name = new + run.name[len(old):] if run.name.startswith(old) else run.name
     out.append(dataclasses.replace(run, name=name, config=config))
   validate(out)
@@ -224,7 +222,8 @@ def listing(runs: Sequence[SweepRun]) -> list[str]:
   lines = []
   for run in runs:
     s = task_lib.get(run.config).counts(run.config)
+    data = (f"tokens={s['train_tokens']:,}" if "train_tokens" in s
+            else f"images={s['train_images']:,}")
     lines.append(f"{run.name:<{width}}  total={s['total_params']:,}  "
-                 f"active={s['active_params']:,}  train_flops={s['train_flops']:.3e}  "
-                 f"tokens={s['train_tokens']:,}")
+                 f"active={s['active_params']:,}  train_flops={s['train_flops']:.3e}  {data}")
   return lines

@@ -12,6 +12,7 @@ Axes: B batch, H/W image size, C channels, K classes of a task.
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,8 @@ from moejax.data import image_source, images as image_data
 from moejax.errors import require
 from moejax.models.vit import ViT, ViTConfig, trunk_config
 from moejax.training.task import BatchField, Task
+
+ITEMS_FILENAME = "eval_items.npz"
 
 
 def per_example(logits, labels_B, task_B):
@@ -124,11 +127,18 @@ class ViTTask(Task):
                                     tasks=tuple(data.tasks), shuffle=False, normalize=normalize)
 
   def evaluate(self, config, graphdef, state, *, eval_loss, items_dir=None) -> dict:
-    """Test accuracy on the whole test split, overall and per task."""
-    del eval_loss, items_dir
+    """Test accuracy on the whole test split, overall and per task; with ``items_dir``, the
+    per-image results (``ITEMS_FILENAME``: correct, predictions, labels, task_ids, image
+    index) for intervals over images."""
+    del eval_loss
     source = self.make_source(config, "eval")
     out = predict(graphdef, state, source)
     keep = out["weights"] > 0
+    if items_dir:
+      num_images = source.num_images
+      np.savez(os.path.join(items_dir, ITEMS_FILENAME),
+               image=np.arange(len(keep))[keep] % num_images,
+               **{k: out[k][keep] for k in ("correct", "predictions", "labels", "task_ids")})
     correct, task = out["correct"][keep], out["task_ids"][keep]
     results = {"test_accuracy": float(np.mean(correct)), "test_images": int(keep.sum())}
     for t, name in enumerate(config.data.tasks):

@@ -98,13 +98,15 @@ def aux_loss_weights(config: ml_collections.ConfigDict, task: Task | None = None
   """The weight of every auxiliary loss the model returns: ``config.aux_loss_weights[name]``,
   or the default of the component that defines the loss where that is None or absent.
 
-  A weight given for a loss the model does not return is a ConfigError naming it.
+  A non-zero weight given for a loss the model does not return is a ConfigError naming it
+  (a zero weight is allowed: a family's config can switch a loss off for its MoE variants and
+  still train its dense baseline).
   """
   task = task or get(config)
   produced = task.aux_loss_defaults(config.model)
   given = dict(config.get("aux_loss_weights") or {})
   for name, weight in given.items():
-    require(weight is None or name in produced,
+    require(not weight or name in produced,
             f"config.aux_loss_weights.{name}={weight}: this model returns no aux loss named "
             f"{name!r}; it returns {sorted(produced) or 'none'} (set it to None)")
   return {name: default if given.get(name) is None else float(given[name])
