@@ -96,12 +96,12 @@ def accuracy_intervals(models: pd.DataFrame) -> dict[str, dict[str, dict]]:
   return out
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
   """``value`` with non-finite floats as None (strict JSON) and numpy scalars unwrapped."""
   if isinstance(value, dict):
-    return {str(k): _json_safe(v) for k, v in value.items()}
+    return {str(k): json_safe(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_json_safe(v) for v in value]
+    return [json_safe(v) for v in value]
   if isinstance(value, np.generic):
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
@@ -124,7 +124,7 @@ def write(workdir: str, runs: pd.DataFrame, models: pd.DataFrame, verdicts: list
     extra: more summary keys (preset, wall_time_s, intervals settings, ...).
   """
   memorization = next(v for v in verdicts if v["finding"] == 2)["numbers"]
-  summary = _json_safe({
+  summary = json_safe({
       "memorization_spearman_total_params": memorization.get("mean_spearman"),
       "memorization_spearman_total_params_ci": memorization.get("mean_spearman_ci",
                                                                 [None, None]),
@@ -141,7 +141,7 @@ def write(workdir: str, runs: pd.DataFrame, models: pd.DataFrame, verdicts: list
            "## Findings (Nakamura et al. 2025; docs/optimal_sparsity.md)", ""]
   for v in verdicts:
     lines.append(f"{v['finding']}. **{v['verdict']}**: {v['statement']}")
-  lines += ["", "## Fits", "", "```", json.dumps(_json_safe(fits), indent=2), "```", "",
+  lines += ["", "## Fits", "", "```", json.dumps(json_safe(fits), indent=2), "```", "",
             "## Figures", ""]
   for name, paths in figures.items():
     if "png" in paths:

@@ -63,7 +63,7 @@ def prepare_data(runs: Sequence[SweepRun]) -> None:
   (parallel runs would otherwise race to build the same preset)."""
   from moejax.data import stream  # pylint: disable=import-outside-toplevel
   needed = {(r.config.data.data_dir, r.config.data.preset): r.config.data for r in runs
-            if r.config.data.source == "suites"}
+            if r.config.data.get("source") == "suites"}
   for data_config in needed.values():
     stream.require_data(data_config)
 

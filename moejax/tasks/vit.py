@@ -25,6 +25,7 @@ from moejax import counting
 from moejax.data import image_source, images as image_data
 from moejax.errors import require
 from moejax.models.vit import ViT, ViTConfig, trunk_config
+from moejax.moe.layer import EXPERT_CHOICES
 from moejax.training.task import BatchField, Task
 
 ITEMS_FILENAME = "eval_items.npz"
@@ -151,8 +152,9 @@ class ViTTask(Task):
 
 def predict(graphdef: nnx.GraphDef, state, source, *, model_state=None) -> dict[str, np.ndarray]:
   """Every batch of ``source`` through the model in eval mode: per row ``correct``,
-  ``predictions`` (own task's argmax), ``labels``, ``task_ids``, ``weights``, and from the
-  MoE layers' aux any per-layer arrays a routing analysis asked for (``expert_choices``).
+  ``predictions`` (own task's argmax), ``labels``, ``task_ids``, ``weights``; per batch the
+  MoE layers' mean ``dropped_fraction``; and ``expert_choices`` [M, rows x tokens, K] when the
+  MoE config asks for them (``return_choices``).
   ``model_state`` replaces the state's non-parameter variables (e.g. an expert mask)."""
 
   @jax.jit
@@ -164,7 +166,9 @@ def predict(graphdef: nnx.GraphDef, state, source, *, model_state=None) -> dict[
     preds_B = jnp.zeros_like(batch["labels"])
     for t, logits_BK in enumerate(logits):
       preds_B = jnp.where(batch["task_ids"] == t, jnp.argmax(logits_BK, -1), preds_B)
-    extra = {k: v for k, v in aux.items() if k == "expert_choices"}
+    extra = {k: v for k, v in aux.items() if k == EXPERT_CHOICES}
+    if "dropped_fraction" in aux:
+      extra["dropped_fraction"] = aux["dropped_fraction"].reshape(1)
     return {"correct": correct_B, "predictions": preds_B, **extra}
 
   rest = state.model_state if model_state is None else model_state
@@ -174,5 +178,5 @@ def predict(graphdef: nnx.GraphDef, state, source, *, model_state=None) -> dict[
     out = jax.device_get(step(state.params, rest, {k: jnp.asarray(v) for k, v in batch.items()}))
     out.update(labels=batch["labels"], task_ids=batch["task_ids"], weights=batch["weights"])
     parts.append(out)
-  return {k: np.concatenate([p[k] for p in parts], axis=1 if k == "expert_choices" else 0)
+  return {k: np.concatenate([p[k] for p in parts], axis=1 if k == EXPERT_CHOICES else 0)
           for k in parts[0]}
