@@ -212,7 +212,8 @@ def tgmm(x_MK, dy_MN, group_sizes_G, group_offset=None, *, num_groups: Optional[
     raise ValueError(f"x_MK {x_MK.shape} and dy_MN {dy_MN.shape} must be 2-D with equal rows")
   if not 1 <= num_groups <= group_sizes_G.shape[0]:
     raise ValueError(f"num_groups={num_groups} must be in [1, {group_sizes_G.shape[0]}]")
-  _check(x_MK, jnp.zeros((num_groups, x_MK.shape[1], 0), dy_MN.dtype), group_sizes_G)
+  _check(x_MK, jax.ShapeDtypeStruct((num_groups, x_MK.shape[1], dy_MN.shape[1]), dy_MN.dtype),
+         group_sizes_G)
   offset = _offset(group_offset, group_sizes_G.shape[0], num_groups)
   opts = _options(jnp.result_type(x_MK.dtype, dy_MN.dtype), preferred_element_type, tiling,
                   target, interpret, compiler_params)

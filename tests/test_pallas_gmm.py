@@ -255,6 +255,13 @@ def test_chosen_tilings_obey_the_target_rules(target, dtype):
       assert k_p == k  # aligned dims are never padded on TPU
 
 
+def test_no_rows_gives_empty_output_and_zero_weight_gradient():
+  w, sizes = jnp.ones((2, 8, 16)), jnp.asarray([0, 0], jnp.int32)
+  assert gm.gmm(jnp.ones((0, 8)), w, sizes, interpret=True).shape == (0, 16)
+  dw = gm.tgmm(jnp.ones((0, 8)), jnp.ones((0, 16)), sizes, interpret=True)
+  assert dw.shape == (2, 8, 16) and not np.any(np.asarray(dw))
+
+
 def test_impossible_arguments_raise_value_errors_naming_them():
   x, w, sizes = jnp.ones((16, 8)), jnp.ones((2, 8, 128)), jnp.asarray([8, 8], jnp.int32)
   with pytest.raises(ValueError, match="tiling: tm=12 must be a multiple of 8"):
@@ -279,3 +286,7 @@ def test_impossible_arguments_raise_value_errors_naming_them():
     gm.gmm(x, w, sizes, target="cpu")
   with pytest.raises(ValueError, match="x_MK has dtype float16"):
     gm.gmm(x.astype(jnp.float16), w, sizes)
+  with pytest.raises(ValueError, match="num_groups=3 must be in"):
+    gm.tgmm(x, jnp.ones((16, 128)), sizes, num_groups=3)
+  with pytest.raises(ValueError, match="equal rows"):
+    gm.tgmm(x, jnp.ones((15, 128)), sizes)
