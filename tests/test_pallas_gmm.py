@@ -6,9 +6,11 @@ Tolerances. float32: the kernels accumulate in float32 like the references, so |
 bfloat16 numbers is exact in float32 and the accumulation is float32, so the only sizeable error
 is the final rounding of the output to bfloat16, at most half an ulp (2^-9 relative); we allow
 one ulp, 2^-8 |ref|, + 1e-3 for the float32 accumulation error. With
-``preferred_element_type=float32`` the bfloat16 case must meet the float32 bound: a kernel that
-accumulated in bfloat16 would not. The reference gets the same bfloat16 inputs (and the same
-bfloat16 cotangent), computed in float64.
+``preferred_element_type=float32`` the bfloat16 case must meet the float32 bound: a kernel with
+a bfloat16 accumulator across k tiles fails it (checked by mutation). XLA:CPU computes a single
+bfloat16 dot with float32 products and sums whatever its declared output type, so the precision
+of one tile's dot is not observable here. The reference gets the same bfloat16 inputs (and the
+same bfloat16 cotangent), computed in float64.
 """
 
 import functools
