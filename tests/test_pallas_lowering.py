@@ -11,6 +11,7 @@ otherwise), the expert FFN at the paper's shapes (d_model 2048, E=128) is also c
 TPU compiler for v5e and v5p topologies, without a TPU (``jax.experimental.topologies``).
 """
 
+import functools
 import importlib.util
 import itertools
 
@@ -115,20 +116,23 @@ HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 PAPER = {"d_model": 2048, "num_experts": 128, "d_ff": 1024, "rows": 4096 * 8}  # T=4096, K=8
 
 
-def _expert_ffn_grad(x_MD, w_gate_EDF, w_up_EDF, w_down_EFD, sizes_E):
+def _expert_ffn_grad(x_MD, w_gate_EDF, w_up_EDF, w_down_EFD, sizes_E, tiles=None):
   """forward + backward of the SwiGLU experts on sorted rows, all matmuls through gmm."""
   def loss(x, w_gate, w_up, w_down):
-    mm = lambda a, w: gm.gmm(a, w, sizes_E, target="tpu")
+    mm = lambda a, w: gm.gmm(a, w, sizes_E, target="tpu", tiling=tiles)
     hidden = jax.nn.silu(mm(x, w_gate)) * mm(x, w_up)
     return jnp.sum(jnp.square(mm(hidden, w_down).astype(jnp.float32)))
   return jax.grad(loss, argnums=(0, 1, 2, 3))(x_MD, w_gate_EDF, w_up_EDF, w_down_EFD)
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed")
-@pytest.mark.parametrize("topology", ["v5e:2x2", "v5p:2x2x2"])
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, pytest.param(jnp.float32,
-                                                             marks=pytest.mark.slow)])
-def test_expert_ffn_compiles_for_tpu_at_the_paper_shapes(topology, dtype):
+@pytest.mark.parametrize("topology,dtype,tiles", [
+    ("v5e:2x2", jnp.bfloat16, None), ("v5p:2x2x2", jnp.bfloat16, None),
+    pytest.param("v5e:2x2", jnp.float32, None, marks=pytest.mark.slow),
+    pytest.param("v5p:2x2x2", jnp.float32, None, marks=pytest.mark.slow),
+    # The chooser's largest tiles in float32: the most VMEM, on the smallest-VMEM chip.
+    pytest.param("v5e:2x2", jnp.float32, (512, 512, 512), marks=pytest.mark.slow)])
+def test_expert_ffn_compiles_for_tpu_at_the_paper_shapes(topology, dtype, tiles):
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   device = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices[0]
   on_device = jax.sharding.SingleDeviceSharding(device)
@@ -136,9 +140,10 @@ def test_expert_ffn_compiles_for_tpu_at_the_paper_shapes(topology, dtype):
   shapes = [((m, d), dtype), ((e, d, f), dtype), ((e, d, f), dtype), ((e, f, d), dtype),
             ((e,), jnp.int32)]
   avals = [jax.ShapeDtypeStruct(s, t, sharding=on_device) for s, t in shapes]
-  compiled = jax.jit(_expert_ffn_grad).trace(*avals).lower(
+  fn = functools.partial(_expert_ffn_grad, tiles=tiles)
+  compiled = jax.jit(fn).trace(*avals).lower(
       lowering_platforms=("tpu",)).compile()
   memory = compiled.memory_analysis()
   assert memory.temp_size_in_bytes < 2 ** 30  # no dense [m, E, ...] intermediate
-  print(f"{topology} {jnp.dtype(dtype).name}: code {memory.generated_code_size_in_bytes} B, "
+  print(f"{topology} {jnp.dtype(dtype).name} tiles {tiles}: code {memory.generated_code_size_in_bytes} B, "
         f"temp {memory.temp_size_in_bytes / 2 ** 20:.1f} MiB")
