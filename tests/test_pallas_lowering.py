@@ -8,7 +8,8 @@ tgmm (dw), each with its own block shapes.
 
 With libtpu importable (``pip install "jax[tpu]"``, or ``libtpu`` on PYTHONPATH; skipped
 otherwise), the expert FFN at the paper's shapes (d_model 2048, E=128) is also compiled by the
-TPU compiler for v5e and v5p topologies, without a TPU (``jax.experimental.topologies``).
+TPU compiler for v5e and v5p topologies, without a TPU (``jax.experimental.topologies``), and
+every chosen tiling class for v5e (slow).
 """
 
 import functools
@@ -147,3 +148,18 @@ def test_expert_ffn_compiles_for_tpu_at_the_paper_shapes(topology, dtype, tiles)
   assert memory.temp_size_in_bytes < 2 ** 30  # no dense [m, E, ...] intermediate
   print(f"{topology} {jnp.dtype(dtype).name} tiles {tiles}: code {memory.generated_code_size_in_bytes} B, "
         f"temp {memory.temp_size_in_bytes / 2 ** 20:.1f} MiB")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed")
+@pytest.mark.parametrize("dtype,m_class,k_class,n_class", list(_tpu_cases()))
+def test_every_chosen_tpu_tiling_compiles_for_v5e(dtype, m_class, k_class, n_class):
+  """The Mosaic compiler (not only the lowering) accepts every tiling class, unaligned
+  full-dim blocks included (about 2 s each)."""
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  device = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices[0]
+  on_device = jax.sharding.SingleDeviceSharding(device)
+  (m, g), k, n = TPU_M[m_class], TPU_KN[k_class], TPU_KN[n_class]
+  avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_device)
+           for a in _avals(m, k, n, g, dtype)]
+  jax.jit(_fwd_bwd("tpu")).trace(*avals).lower(lowering_platforms=("tpu",)).compile()
