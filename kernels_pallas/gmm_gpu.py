@@ -28,6 +28,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kernels_pallas.schedule import ACTIVE, FIRST, Schedule
+from kernels_pallas.shard import out_struct
 
 _NT = (((1,), (0,)), ((), ()))
 _NN_T = (((1,), (1,)), ((), ()))
@@ -85,7 +86,7 @@ def gmm(x_MK, w_GKN, schedule: Schedule, *, local_rows, tiling, out_dtype,
 
   return pl.pallas_call(
       kernel,
-      out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
+      out_shape=out_struct((m, n), out_dtype, like=x_MK),
       grid=(schedule.num_steps, n // tn),
       compiler_params=params or _default_params(tiling),
       interpret=interpret,
@@ -127,7 +128,7 @@ def tgmm(x_MK, dy_MN, schedule: Schedule, *, num_groups: int, local_bounds, tili
 
   return pl.pallas_call(
       kernel,
-      out_shape=jax.ShapeDtypeStruct((num_groups, k, n), out_dtype),
+      out_shape=out_struct((num_groups, k, n), out_dtype, like=x_MK),
       grid=(num_groups, k // tk, n // tn),
       compiler_params=params or _default_params(tiling),
       interpret=interpret,

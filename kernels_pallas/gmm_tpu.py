@@ -25,6 +25,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from kernels_pallas.schedule import ACTIVE, FIRST, LAST, Schedule
+from kernels_pallas.shard import out_struct
 
 _NT = (((1,), (0,)), ((), ()))   # x @ w
 _NN_T = (((1,), (1,)), ((), ()))  # x @ w^T
@@ -87,7 +88,7 @@ def gmm(x_MK, w_GKN, schedule: Schedule, *, tiling, out_dtype, transpose_rhs: bo
   itemsize = x_MK.dtype.itemsize
   call = pl.pallas_call(
       kernel,
-      out_shape=jax.ShapeDtypeStruct((m, n), out_dtype),
+      out_shape=out_struct((m, n), out_dtype, like=x_MK),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=5,
           grid=(tiles_n, schedule.num_steps, tiles_k),
@@ -152,7 +153,7 @@ def tgmm(x_MK, dy_MN, schedule: Schedule, *, num_groups: int, tiling, out_dtype,
   itemsize = x_MK.dtype.itemsize
   call = pl.pallas_call(
       kernel,
-      out_shape=jax.ShapeDtypeStruct((num_groups, k, n), out_dtype),
+      out_shape=out_struct((num_groups, k, n), out_dtype, like=x_MK),
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=5,
           grid=(k // tk, n // tn, schedule.num_steps),

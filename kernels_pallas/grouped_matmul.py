@@ -42,7 +42,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from kernels_pallas import gmm_gpu, gmm_tpu, schedule, tiling as tiling_lib
+from kernels_pallas import gmm_gpu, gmm_tpu, schedule, shard, tiling as tiling_lib
 
 AVAILABLE = True
 _DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
@@ -199,7 +199,9 @@ def gmm(x_MK, w_GKN, group_sizes_G, group_offset=None, *, preferred_element_type
   if opts.tiling is not None:  # errors at the call, naming the argument
     tiling_lib.check_tiling(opts.tiling, x_MK.shape[0], x_MK.shape[1], w_GKN.shape[2],
                             jnp.result_type(x_MK.dtype, w_GKN.dtype), opts.target)
-  return _gmm(x_MK, w_GKN, group_sizes_G.astype(jnp.int32), offset, opts)
+  # Under shard_map: one varying type for all operands (kernels_pallas/shard.py).
+  operands = shard.match_varying(x_MK, w_GKN, group_sizes_G.astype(jnp.int32), offset)
+  return _gmm(*operands, opts)
 
 
 def tgmm(x_MK, dy_MN, group_sizes_G, group_offset=None, *, num_groups: Optional[int] = None,
@@ -217,5 +219,6 @@ def tgmm(x_MK, dy_MN, group_sizes_G, group_offset=None, *, num_groups: Optional[
   offset = _offset(group_offset, group_sizes_G.shape[0], num_groups)
   opts = _options(jnp.result_type(x_MK.dtype, dy_MN.dtype), preferred_element_type, tiling,
                   target, interpret, compiler_params)
-  return _tgmm_forward(x_MK, dy_MN, group_sizes_G.astype(jnp.int32), offset, num_groups, opts,
-                       tiling=opts.tiling)
+  x_MK, dy_MN, group_sizes_G, offset = shard.match_varying(
+      x_MK, dy_MN, group_sizes_G.astype(jnp.int32), offset)
+  return _tgmm_forward(x_MK, dy_MN, group_sizes_G, offset, num_groups, opts, tiling=opts.tiling)

@@ -19,6 +19,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kernels_pallas import gmm_gpu, gmm_tpu, schedule, tiling
 from kernels_pallas import grouped_matmul as gm
@@ -98,6 +99,27 @@ def test_group_offset_and_explicit_tiles_lower(target, platform):
   x, w, sizes = _avals(1024, 512, 256, 16, jnp.bfloat16)
   w_local = jax.ShapeDtypeStruct((4, 512, 256), jnp.bfloat16)
   _lower(f, x, w_local, sizes, jax.ShapeDtypeStruct((), jnp.int32), platform=platform)
+
+
+@pytest.mark.parametrize("target,platform", [("tpu", "tpu"), ("gpu", "cuda")])
+def test_expert_parallel_gmm_lowers_under_shard_map_with_vma_checks(target, platform):
+  """Under shard_map (check_vma=True) the offset varies over the expert axis and the rows are
+  replicated: the kernels declare their outputs' varying axes and the gradient of the
+  replicated rows is summed over the axis (kernels_pallas/shard.py). A 1-device mesh suffices
+  for the types."""
+  mesh = jax.make_mesh((1,), ("expert",))
+  params = {"compiler_params": gmm_gpu.compiler_params()} if target == "gpu" else {}
+
+  def local(x, w_local, sizes):
+    offset = jax.lax.axis_index("expert") * w_local.shape[0]
+    return jax.lax.psum(gm.gmm(x, w_local, sizes, offset, target=target, **params), "expert")
+
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P("expert"), P()), out_specs=P())
+  f = jax.value_and_grad(lambda x, w, s: jnp.sum(sharded(x, w, s)), argnums=(0, 1))
+  x, w, sizes = _avals(256, 128, 256, 8, jnp.bfloat16)
+  put = lambda a, spec: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, spec))
+  text = _lower(f, put(x, P()), put(w, P("expert")), put(sizes, P()), platform=platform)
+  assert text.count("tpu_custom_call" if target == "tpu" else "__gpu$xla.gpu.triton") == 3
 
 
 def test_mosaic_lowering_rejects_a_block_that_breaks_the_tpu_rules():
