@@ -168,7 +168,8 @@ def test_expert_ffn_compiles_for_tpu_at_the_paper_shapes(topology, dtype, tiles)
       lowering_platforms=("tpu",)).compile()
   memory = compiled.memory_analysis()
   assert memory.temp_size_in_bytes < 2 ** 30  # no dense [m, E, ...] intermediate
-  print(f"{topology} {jnp.dtype(dtype).name} tiles {tiles}: code {memory.generated_code_size_in_bytes} B, "
+  print(f"{topology} {jnp.dtype(dtype).name} tiles {tiles}: "
+        f"code {memory.generated_code_size_in_bytes} B, "
         f"temp {memory.temp_size_in_bytes / 2 ** 20:.1f} MiB")
 
 
