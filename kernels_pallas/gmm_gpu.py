@@ -94,12 +94,10 @@ def gmm(x_MK, w_GKN, schedule: Schedule, *, local_rows, tiling, out_dtype,
   )(*schedule, local_rows, x_MK, w_GKN)
 
 
-def tgmm(x_MK, dy_MN, schedule: Schedule, *, num_groups: int, local_bounds, tiling,
-         out_dtype, interpret: bool = False, params=None):
+def tgmm(x_MK, dy_MN, *, num_groups: int, local_bounds, tiling, out_dtype,
+         interpret: bool = False, params=None):
   """dw[G, K, N] with dw[g] = x[rows of g]^T @ dy[rows of g]; ``local_bounds``: (start_G,
-  end_G) int32 rows of each local group. The schedule is not needed: a program walks its
-  group's tiles itself."""
-  del schedule
+  end_G) int32 rows of each local group. No schedule: a program walks its group's tiles."""
   tm, tk, tn = tiling
   m, k = x_MK.shape
   n = dy_MN.shape[1]

@@ -30,6 +30,9 @@ Options (keywords):
                           on CPU itself.
   compiler_params         GPU only: ``jax.experimental.pallas.triton.CompilerParams``.
 
+Under ``jax.shard_map`` the operands are cast to one varying type first (kernels_pallas/shard.py),
+so a replicated ``x`` gets its gradient summed over the expert axis.
+
 Axes: M rows, K/N features, G groups (experts).
 """
 
@@ -143,7 +146,7 @@ def _tgmm_forward(x_MK, dy_MN, group_sizes_G, group_offset, num_local: int, opts
                       cost_flops=2 * m * k * n)
   else:
     bounds = schedule.local_bounds(group_sizes_G, group_offset, num_local, m)
-    dw = gmm_gpu.tgmm(x_MK, dy_MN, None, num_groups=num_local, local_bounds=bounds,
+    dw = gmm_gpu.tgmm(x_MK, dy_MN, num_groups=num_local, local_bounds=bounds,
                       tiling=tiles, out_dtype=opts.out_dtype, interpret=opts.interpret,
                       params=opts.compiler_params)
   return dw[:, :k, :n]

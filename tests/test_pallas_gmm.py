@@ -35,6 +35,7 @@ CASES = {
     "one_group": (19, 8, 16, [19]),
     "sixty_four_groups": (100, 16, 32, None),                       # random, many empty
     "several_tiles": (70, 160, 144, [9, 30, 0, 1, 20]),             # k, n past one tile
+    "groups_past_the_rows": (30, 8, 16, [10, 25, 5]),               # sizes sum to 40 > m
 }
 # Small tiles so that the cases above span several row, k and n tiles.
 SMALL_TILES = {"tpu": (8, 128, 128), "gpu": (16, 16, 16)}
