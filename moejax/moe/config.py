@@ -21,6 +21,11 @@ Fields:
                       a top-k schedule: k falls from ``initial_top_k`` to ``top_k``.
   dispatch            a ``moejax.moe.dispatch.STRATEGIES`` name; ``capacity_factor`` (None:
                       dropless) and ``batch_prioritized`` (V-MoE BPR) size and fill capacity.
+                      The default ``sorted`` is the CPU choice; on TPU and GPU pass
+                      ``dispatch=pallas`` (the grouped matmul kernels, docs/kernels.md). The
+                      default does not follow the backend: a config means the same program
+                      wherever it is read, and the kernels are checked on CPU (interpreted,
+                      cross-lowered, Mosaic-compiled) but not yet timed on hardware.
   group_size, capacity_multiple
                       per-group routing (V-MoE): the tokens are cut into groups of
                       ``group_size`` consecutive tokens (e.g. the patches of a few images);
@@ -149,7 +154,7 @@ class MoEConfig:
       from kernels_pallas import grouped_matmul  # pylint: disable=import-outside-toplevel
       require(grouped_matmul.AVAILABLE,
               f"{p}.dispatch='pallas' needs the kernels_pallas grouped matmul, which is not "
-              "implemented yet")
+              "available here (kernels_pallas.grouped_matmul.AVAILABLE is False)")
 
   @property
   def top_k_schedule(self) -> Optional[tuple[int, int]]:

@@ -22,7 +22,9 @@ per-token loop.
   sorted      sort by expert; the first ``rows_per_expert`` rows of every expert as a padded
               batch [E, C, D]; dropless, exact passes over the overflow in blocks of one expert.
   ragged_dot  one row per choice sorted by expert, ``jax.lax.ragged_dot`` over the groups.
-  pallas      the same layout with the grouped matmul of kernels_pallas/ (a later issue).
+  pallas      the same layout with the Pallas grouped matmul of kernels_pallas/ (TPU Mosaic,
+              GPU Triton; interpreted on CPU). The accelerator choice:
+              ``--config.model.moe.dispatch=pallas`` (docs/kernels.md).
 
 A new strategy is one module here defining ``permute``, ``compute`` and ``combine`` and a
 ``base.Strategy`` of them, plus its entry in ``STRATEGIES``.

@@ -5,7 +5,8 @@ matmul given the group sizes (the dropless grouping of MegaBlocks, Gale et al. 2
 rows by expert 0's weights, the next by expert 1's, and so on:
   ragged_dot  ``jax.lax.ragged_dot`` (efficient in XLA on TPU/GPU; on CPU XLA computes every
               group densely, E/K times the work);
-  pallas      the grouped matmul of kernels_pallas/ (a later issue).
+  pallas      the Pallas grouped matmul of kernels_pallas/ (Mosaic on TPU, Triton on GPU, its
+              own VJP; interpreted on CPU, where it is a correctness reference, not fast).
 With a capacity factor the choices past each expert's capacity are deactivated first.
 
 Axes: T tokens, D d_model, E experts, A = T*K assignments (rows), I/O matmul features.
@@ -73,7 +74,9 @@ def _ragged_dot(x_AI, w_EIO, group_sizes):
 
 def _pallas_gmm(x_AI, w_EIO, group_sizes):
   from kernels_pallas import grouped_matmul  # pylint: disable=import-outside-toplevel
-  return grouped_matmul.gmm(x_AI, w_EIO, group_sizes)
+  # No TPU or GPU: the TPU kernel runs in the Pallas interpreter.
+  return grouped_matmul.gmm(x_AI, w_EIO, group_sizes,
+                            interpret=jax.default_backend() == "cpu")
 
 
 def _strategy(group_matmul: Callable) -> Strategy:
