@@ -34,3 +34,14 @@ def run_module(module: str, *args: str, env: dict | None = None, timeout: float 
 def smoke_config():
   from configs import lm_moe  # pylint: disable=import-outside-toplevel
   return lm_moe.get_config("smoke")
+
+
+def built_counts(model, moe) -> tuple[int, int]:
+  """(total, active) parameters of a built (or ``nnx.eval_shape``d) model: every parameter,
+  less the routers and the share (E - k) / E of the experts (``moe``: its MoE config)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  flat = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  total = sum(v.size for v in flat.values())
+  router = sum(v.size for k, v in flat.items() if "/router/" in k)
+  experts = sum(v.size for k, v in flat.items() if "/experts/" in k)
+  return total, total - router - experts * (moe.num_experts - moe.top_k) // moe.num_experts

@@ -2,26 +2,18 @@
 
 import json
 
-import jax
 import pytest
 from flax import nnx
 
 from configs import lm_moe
 from moejax import counting
 from moejax.models.lm import MoELM
-from tests.conftest import run_module
+from tests.conftest import built_counts, run_module
 
 
-def built_counts(model_cfg):
-  model = nnx.eval_shape(lambda: MoELM.from_config(model_cfg, rngs=nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
-  flat = {"/".join(map(str, path)): v for path, v in nnx.to_flat_state(params)}
-  total = sum(v.size for v in jax.tree.leaves(params))
-  router = sum(v.size for k, v in flat.items() if "router" in k)
-  experts = sum(v.size for k, v in flat.items() if "/experts/" in k)
-  moe = model_cfg.moe
-  active = total - router - experts * (moe.num_experts - moe.top_k) // moe.num_experts
-  return total, active
+def built_lm_counts(model_cfg):
+  return built_counts(nnx.eval_shape(lambda: MoELM.from_config(model_cfg, rngs=nnx.Rngs(0))),
+                      model_cfg.moe)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -36,12 +28,12 @@ def test_counts_equal_built_parameter_tree(overrides):
   total, active = counting.count_params(model_cfg)
   if not (model_cfg.moe_every or model_cfg.moe_layers):
     active = total
-  assert (total, active) == built_counts(model_cfg)
+  assert (total, active) == built_lm_counts(model_cfg)
 
 
 def test_paper_preset_counts_equal_built_tree_abstractly():
   model_cfg = lm_moe.get_config("paper").model
-  assert counting.count_params(model_cfg) == built_counts(model_cfg)
+  assert counting.count_params(model_cfg) == built_lm_counts(model_cfg)
 
 
 @pytest.mark.parametrize("d_model,experts,top_k,name", [

@@ -19,7 +19,7 @@ from moejax import counting, validation
 from moejax.errors import ConfigError
 from moejax.models.vit import ViT, patchify
 from moejax.training.logging import read_jsonl
-from tests.conftest import REPO
+from tests.conftest import REPO, built_counts
 
 
 def smoke_model(**overrides):
@@ -142,15 +142,9 @@ def test_task_masks_set_per_layer_in_depth_order():
   np.testing.assert_array_equal(np.asarray(got), mask_MNE)
 
 
-def built_counts(model_cfg):
-  model = nnx.eval_shape(lambda: ViT.from_config(model_cfg, rngs=nnx.Rngs(0)))
-  flat = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-  total = sum(v.size for v in flat.values())
-  router = sum(v.size for k, v in flat.items() if "/router/" in k)
-  experts = sum(v.size for k, v in flat.items() if "/experts/" in k)
-  moe = model_cfg.moe
-  active = total - router - experts * (moe.num_experts - moe.top_k) // moe.num_experts
-  return total, active
+def built_vit_counts(model_cfg):
+  return built_counts(nnx.eval_shape(lambda: ViT.from_config(model_cfg, rngs=nnx.Rngs(0))),
+                      model_cfg.moe)
 
 
 @pytest.mark.parametrize("preset,overrides", [
@@ -165,7 +159,7 @@ def test_vit_counts_equal_built_parameter_tree(preset, overrides):
   config.model.update(overrides)
   config.model.moe.update(moe)
   summary = counting.vit_summary(config)
-  assert (summary["total_params"], summary["active_params"]) == built_counts(config.model)
+  assert (summary["total_params"], summary["active_params"]) == built_vit_counts(config.model)
   assert summary["train_flops_per_image"] == 3 * summary["forward_flops_per_image"] > 0
 
 

@@ -46,7 +46,8 @@ EXPERT_LOAD = "expert_load"  # the aux entry [E] (per layer, not averaged) the b
 EXPERT_CHOICES = "expert_choices"  # [T, K] per layer with cfg.return_choices (analyses)
 PER_LAYER_AUX = (EXPERT_LOAD, EXPERT_CHOICES)  # kept per layer by the trunk, not averaged
 
-__all__ = ["EXPERT_CHOICES", "EXPERT_LOAD", "PER_LAYER_AUX", "LAYER_LOSSES", "MoELayer", "MoEStep", "set_moe_step"]
+__all__ = ["EXPERT_CHOICES", "EXPERT_LOAD", "LAYER_LOSSES", "MoELayer", "MoEStep", "PER_LAYER_AUX",
+           "set_moe_step"]
 
 
 def set_moe_step(model_state: nnx.State, step) -> nnx.State:

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = [  # the routing functions are re-exported: tests and dispatch use them from here
     "ROUTERS", "ExpertChoice", "MoEStep", "NoisyTopK", "ReLURouter", "Router", "RouterBias",
-    "RouterNoiseKey", "Routing", "TaskExpertMask", "SigmoidTopK", "SinkhornTopK", "SoftmaxTopK", "expert_choice",
+    "RouterNoiseKey", "Routing", "SigmoidTopK", "SinkhornTopK", "SoftmaxTopK", "TaskExpertMask",
+    "expert_choice",
     "keep_first_choices", "noisy_top_k", "relu_routing", "sigmoid_top_k", "sinkhorn",
     "sinkhorn_top_k", "softmax_top_k", "top_k_at",
 ]

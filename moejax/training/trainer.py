@@ -4,8 +4,9 @@ The loop knows no model family: the run config's task (training/task.py) builds 
 loss, its batches, its evaluation and its counts.
 
 Outputs in the workdir (the contract that sweeps and analysis read): config.json,
-metrics.jsonl, checkpoints/ (orbax), tensorboard/, eval.json, and eval_items.npz (per-item results of the suite evaluation, for
-intervals over items) when suites are evaluated. Re-running the same command on the same
+metrics.jsonl, checkpoints/ (orbax), tensorboard/, eval.json, and eval_items.npz (per-item
+results for intervals over items, when the task writes them: the LM's suite evaluation, the
+ViT's test images). Re-running the same command on the same
 workdir resumes from the last checkpoint and reproduces the uninterrupted run's per-step losses
 exactly (same machine).
 """
