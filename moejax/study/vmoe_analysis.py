@@ -40,6 +40,7 @@ from moejax.training.state import model_graphdef, split_model
 
 NUM_RESAMPLES = 1000
 SEED = 0
+BATCH_IMAGES = 1000  # analyses evaluate in larger batches than training (fewer, bigger calls)
 
 
 # ---------------------------------------------------------------- accuracy with intervals
@@ -87,8 +88,10 @@ def with_moe(config, **fields):
   return config
 
 
-def test_source(config, *, max_images: int | None = None, split: str = "test"):
-  """The evaluation source over ``split`` (optionally its first ``max_images`` images)."""
+def test_source(config, *, max_images: int | None = None, split: str = "test",
+                batch_images: int = BATCH_IMAGES):
+  """The evaluation source over ``split`` (optionally its first ``max_images`` images), in
+  batches of ``batch_images`` (a multiple of the routing group, so groups stay whole)."""
   task = task_lib.get(config)
   image_set = task.load_split(config, split)
   if max_images is not None:
@@ -96,7 +99,9 @@ def test_source(config, *, max_images: int | None = None, split: str = "test"):
                                     labels_N=image_set.labels_N[:max_images])
   normalize = (image_source.channel_stats(task.load_split(config, "train"))
                if config.data.normalize else None)
-  return image_source.ImageSource(image_set, config.data.batch_size, config.data.seed,
+  group = config.model.get("group_images") or 1
+  batch = max(group, batch_images // group * group)
+  return image_source.ImageSource(image_set, batch, config.data.seed,
                                   tasks=tuple(config.data.tasks), shuffle=False,
                                   normalize=normalize)
 
