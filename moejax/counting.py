@@ -13,7 +13,7 @@ Conventions (Nakamura et al. 2025, arXiv 2508.18672, whose checkpoint names thes
 ``trunk_breakdown`` counts the shared trunk (models/trunk.py) of any family; the LM functions
 add its embedding, final norm and head, the ViT functions (``vit_*``) its patch embedding,
 positions, class token, final norm and heads, with FLOPs per image. The CLI is
-``python -m experiments.count`` (or ``python -m moejax.counting``).
+``python -m experiments.count``.
 """
 
 from __future__ import annotations
@@ -173,7 +173,3 @@ def vit_summary(config: ml_collections.ConfigDict) -> dict:
           "train_images": images, "train_flops": 3 * forward * images,
           "params_by_component": parts}
 
-
-if __name__ == "__main__":  # ``python -m moejax.counting --config=...``: the counting CLI
-  from experiments import count  # pylint: disable=import-outside-toplevel
-  count.cli.run(count.main)

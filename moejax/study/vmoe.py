@@ -88,15 +88,16 @@ def run_study(workdir: str, *, preset: str = "tiny", processes: int = 2,
   bar = tqdm(total=len(steps), desc="analyses", unit="step")
   curves, spec, class_names, pruning, task_results = {}, None, (), [], {}
   for family, rows in sparsity.groupby("family", sort=False):
-    run = restore_run(run_dir(sweep_dir, _pick(rows)))
-    curves[f"{family} {_pick(rows)}"] = analysis.capacity_curve(run, CAPACITY_FACTORS)
+    name = _pick(rows)
+    curves[f"{family} {name}"] = analysis.capacity_curve(restore_run(run_dir(sweep_dir, name)),
+                                                         CAPACITY_FACTORS)
     bar.update(1)
   if len(sparsity):
     name = _pick(sparsity[sparsity["top_k"] == sparsity["top_k"].max()])
     run = restore_run(run_dir(sweep_dir, name))
-    out = analysis.token_choices(run, analysis.test_source(run.config))
-    source_classes = analysis.test_source(run.config).class_names_per_task[0]
-    class_names = source_classes
+    source = analysis.test_source(run.config)
+    out = analysis.token_choices(run, source)
+    class_names = source.class_names_per_task[0]
     spec = analysis.class_specialization(out["expert_choices"], out["labels"],
                                          len(class_names), run.config.model.moe.num_experts)
     spec["run"] = name

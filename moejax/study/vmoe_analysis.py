@@ -32,7 +32,6 @@ from flax import nnx
 from sklearn import metrics as skmetrics
 
 from analysis.bootstrap import interval, resample_counts
-from moejax.data import image_source
 from moejax.models.vit import ViTConfig
 from moejax.study.intervals import rank_correlation
 from moejax.training import task as task_lib
@@ -97,13 +96,8 @@ def test_source(config, *, max_images: int | None = None, split: str = "test",
   if max_images is not None:
     image_set = dataclasses.replace(image_set, images_NHWC=image_set.images_NHWC[:max_images],
                                     labels_N=image_set.labels_N[:max_images])
-  normalize = (image_source.channel_stats(task.load_split(config, "train"))
-               if config.data.normalize else None)
   group = config.model.get("group_images") or 1
-  batch = max(group, batch_images // group * group)
-  return image_source.ImageSource(image_set, batch, config.data.seed,
-                                  tasks=tuple(config.data.tasks), shuffle=False,
-                                  normalize=normalize)
+  return task.eval_source(config, image_set, max(group, batch_images // group * group))
 
 
 def predict_with(run, config, source, model_state=None) -> dict[str, np.ndarray]:

@@ -55,6 +55,11 @@ def _image_set(dataset: str, split: str, image_size: int, channels: int):
   return image_data.load_images(dataset, split, image_size=image_size, channels=channels)
 
 
+@functools.cache
+def _channel_stats(dataset: str, image_size: int, channels: int):
+  return image_source.channel_stats(_image_set(dataset, "train", image_size, channels))
+
+
 class ViTTask(Task):
   """Image classification with a ViT-MoE."""
   name = "vit"
@@ -119,13 +124,24 @@ class ViTTask(Task):
     """``split`` "train": the shuffled training stream; "eval": the test split in order
     (every image once per task, padding weighted 0)."""
     data = config.data
-    train = self.load_split(config, "train")
-    normalize = image_source.channel_stats(train) if data.normalize else None
     if split == "train":
-      return image_source.ImageSource(train, data.batch_size, data.seed, tasks=tuple(data.tasks),
-                                      normalize=normalize)
-    return image_source.ImageSource(self.load_split(config, "test"), data.batch_size, data.seed,
-                                    tasks=tuple(data.tasks), shuffle=False, normalize=normalize)
+      return image_source.ImageSource(self.load_split(config, "train"), data.batch_size,
+                                      data.seed, tasks=tuple(data.tasks),
+                                      normalize=self.normalization(config))
+    return self.eval_source(config, self.load_split(config, "test"), data.batch_size)
+
+  def normalization(self, config: ml_collections.ConfigDict):
+    """The training split's per-channel (mean, std) when ``config.data.normalize``, else None
+    (train and test images are normalised by the same statistics)."""
+    if not config.data.normalize:
+      return None
+    return _channel_stats(config.data.dataset, config.model.image_size, config.model.channels)
+
+  def eval_source(self, config: ml_collections.ConfigDict, image_set, batch_size: int):
+    """``image_set`` in order, every image once per task, in batches of ``batch_size``."""
+    return image_source.ImageSource(image_set, batch_size, config.data.seed,
+                                    tasks=tuple(config.data.tasks), shuffle=False,
+                                    normalize=self.normalization(config))
 
   def evaluate(self, config, graphdef, state, *, eval_loss, items_dir=None) -> dict:
     """Test accuracy on the whole test split, overall and per task; with ``items_dir``, the
@@ -150,33 +166,36 @@ class ViTTask(Task):
     return counting.vit_summary(config)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _predict_step(graphdef: nnx.GraphDef, params, rest, batch):
+  """One batch in eval mode; compiled once per model graph (not per ``predict`` call)."""
+  model = nnx.merge(graphdef, params, rest, copy=True)
+  model.eval()
+  logits, aux = model(batch["images"], batch["task_ids"])
+  _, correct_B = per_example(logits, batch["labels"], batch["task_ids"])
+  preds_B = jnp.zeros_like(batch["labels"])
+  for t, logits_BK in enumerate(logits):
+    preds_B = jnp.where(batch["task_ids"] == t, jnp.argmax(logits_BK, -1), preds_B)
+  extra = {k: v for k, v in aux.items() if k == EXPERT_CHOICES}
+  if "dropped_fraction" in aux:
+    extra["dropped_fraction"] = aux["dropped_fraction"].reshape(1)
+  return {"correct": correct_B, "predictions": preds_B, **extra}
+
+
 def predict(graphdef: nnx.GraphDef, state, source, *, model_state=None) -> dict[str, np.ndarray]:
   """Every batch of ``source`` through the model in eval mode: per row ``correct``,
   ``predictions`` (own task's argmax), ``labels``, ``task_ids``, ``weights``; per batch the
   MoE layers' mean ``dropped_fraction``; and ``expert_choices`` [M, rows x tokens, K] when the
   MoE config asks for them (``return_choices``).
-  ``model_state`` replaces the state's non-parameter variables (e.g. an expert mask)."""
-
-  @jax.jit
-  def step(params, rest, batch):
-    model = nnx.merge(graphdef, params, rest, copy=True)
-    model.eval()
-    logits, aux = model(batch["images"], batch["task_ids"])
-    _, correct_B = per_example(logits, batch["labels"], batch["task_ids"])
-    preds_B = jnp.zeros_like(batch["labels"])
-    for t, logits_BK in enumerate(logits):
-      preds_B = jnp.where(batch["task_ids"] == t, jnp.argmax(logits_BK, -1), preds_B)
-    extra = {k: v for k, v in aux.items() if k == EXPERT_CHOICES}
-    if "dropped_fraction" in aux:
-      extra["dropped_fraction"] = aux["dropped_fraction"].reshape(1)
-    return {"correct": correct_B, "predictions": preds_B, **extra}
-
+  ``model_state`` replaces the state's non-parameter variables (e.g. an expert mask).
+  Batches are dispatched without waiting; the results come to the host once, at the end."""
   rest = state.model_state if model_state is None else model_state
-  parts = []
-  for i in range(source.num_batches):
-    batch = source.batch(i)
-    out = jax.device_get(step(state.params, rest, {k: jnp.asarray(v) for k, v in batch.items()}))
+  outs, batches = [], [source.batch(i) for i in range(source.num_batches)]
+  for batch in batches:
+    outs.append(_predict_step(graphdef, state.params, rest,
+                              {k: jnp.asarray(v) for k, v in batch.items()}))
+  outs = jax.device_get(outs)
+  for out, batch in zip(outs, batches):
     out.update(labels=batch["labels"], task_ids=batch["task_ids"], weights=batch["weights"])
-    parts.append(out)
-  return {k: np.concatenate([p[k] for p in parts], axis=1 if k == EXPERT_CHOICES else 0)
-          for k in parts[0]}
+  return {k: np.concatenate([o[k] for o in outs], axis=1 if k == EXPERT_CHOICES else 0)
+          for k in outs[0]}
