@@ -14,8 +14,10 @@ the error is one line (``CheckpointError``; experiments/cli.py prints it without
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import traceback
 
 import jax
 import orbax.checkpoint as ocp
@@ -50,6 +52,49 @@ def _root_cause(error: BaseException) -> str:
   return line if len(line) <= 300 else line[:297] + "..."
 
 
+def _from_abandoned_read(unraisable) -> bool:
+  """Whether an unraisable exception comes from a read that a failed orbax restore left behind:
+  one of orbax's read coroutines closed with its error, or a tensorstore callback that found
+  orbax's event loop closed."""
+  error, source = unraisable.exc_value, unraisable.object
+  code = getattr(source, "cr_code", None)
+  if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+    return True
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+class _AbandonedTaskFilter(logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" for orbax's read tasks and gathers."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "exception was never retrieved" not in record.getMessage():
+      return True
+    tb = record.exc_info[2] if record.exc_info else None
+    files = [frame.filename for frame in traceback.extract_tb(tb)] + [record.getMessage()]
+    return not any(f"{os.sep}orbax{os.sep}" in name for name in files)
+
+
+def _ignore_reads_left_behind() -> None:
+  """Silences the reads a failed restore leaves in flight. When one array fails, orbax raises
+  from its gather while the other reads are still pending; as they finish or are collected,
+  Python reports each through ``sys.unraisablehook`` ("Exception ignored in: <coroutine
+  _read_array_index_and_device_put>", "RuntimeError: Event loop is closed") or asyncio's logger
+  ("Task exception was never retrieved"), thousands of traceback lines after the one-line
+  warning. Only those are dropped; the hook stays for the
+  process (the reads may finish after the fallback restore returned)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "moejax_drops_abandoned_reads", False):
+    return
+  logging.getLogger("asyncio").addFilter(_AbandonedTaskFilter())
+
+  def hook(unraisable):
+    if not _from_abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook.moejax_drops_abandoned_reads = True
+  sys.unraisablehook = hook
+
+
 def _warn(message: str) -> None:
   if jax.process_index() == 0:
     print(f"warning: {message}", file=sys.stderr, flush=True)
@@ -70,6 +115,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, *, set_aside:
       state = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
       damaged.append(step)
+      _ignore_reads_left_behind()
       _warn(f"checkpoint step {step} of {manager.directory} cannot be restored "
             f"({_root_cause(e)})")
       continue
