@@ -1,0 +1,161 @@
+"""Pod plans: input checks before any compile, HLO collective accounting, the sweep's search
+rules; with libtpu (requirements-tpu.txt; skipped otherwise), the real train step compiled ahead
+of time for small TPU v5p/v5e slices: a run that fits, one that does not, the CLI's JSON line,
+and a sweep."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from configs import lm_moe
+from moejax.errors import ConfigError
+from moejax.planning import chips, hlo_comm, plan, sweep
+from tests.conftest import REPO, run_module
+
+HAS_LIBTPU = chips.libtpu_path() is not None
+needs_libtpu = pytest.mark.skipif(
+    not HAS_LIBTPU, reason="libtpu is not installed (scripts/setup.sh installs "
+    "requirements-tpu.txt into .venv/tpu-compiler; or set MOEJAX_LIBTPU_DIR)")
+
+
+def test_topology_names():
+  topology = chips.parse_topology("v5p:4x4x4")
+  assert topology.num_chips == 64 and topology.chip.name == "v5p"
+  assert chips.parse_topology("v5e:2x4").num_chips == 8
+  for bad in ("v9z:2x2", "v5p-128", "v5p:4"):
+    with pytest.raises(ConfigError, match="expected CHIP:AxB"):
+      chips.parse_topology(bad)
+
+
+def test_bad_mesh_and_microbatches_fail_before_compiling():
+  config, slice_ = lm_moe.get_config("smoke"), chips.parse_topology("v5p:2x2x1")
+  with pytest.raises(ConfigError, match="8 devices"):
+    plan.prepare_config(config, slice_, mesh={"fsdp": 8})
+  with pytest.raises(ConfigError, match="config.train.microbatches"):
+    plan.prepare_config(config, slice_, microbatches=4)
+  prepared, sizes = plan.prepare_config(config, slice_, mesh={"fsdp": 4}, microbatches=1)
+  assert sizes == {"data": 1, "fsdp": 4}
+  with config.unlocked():  # a train step with gradient accumulation has the field
+    config.train.microbatches = 1
+  prepared, _ = plan.prepare_config(config, slice_, microbatches=4)
+  assert prepared.train.microbatches == 4 and config.train.microbatches == 1
+
+
+def test_mesh_candidates_follow_the_sharding_rules():
+  config = lm_moe.get_config("paper")
+  config.model.moe.num_experts = 64
+  assert sweep.candidate_meshes(config, 64) == [{"fsdp": 64}]  # no rule targets "expert"
+  config.sharding_rules = [*config.sharding_rules[:2], ("expert", "expert"),
+                           *config.sharding_rules[3:]]
+  assert sweep.candidate_meshes(config, 64) == [
+      {"fsdp": 64}, {"fsdp": 1, "expert": 64}, {"fsdp": 8, "expert": 8}]
+  assert sweep.candidate_meshes(config, 4) == [{"fsdp": 4}, {"fsdp": 1, "expert": 4}]
+
+
+def test_extrapolation_stops_only_when_the_constant_part_exceeds_hbm():
+  gib = 2 ** 30
+  assert sweep._never_fits([(4, 200 * gib), (8, 150 * gib)], 95 * gib)  # a = 100 GiB
+  assert not sweep._never_fits([(4, 200 * gib), (8, 110 * gib)], 95 * gib)  # a = 20 GiB
+  assert not sweep._never_fits([(4, 200 * gib)], 95 * gib)
+
+
+HLO = """HloModule step, entry_computation_layout={()->()}
+
+%body.1 (p: (s32[], bf16[8,128])) -> (s32[], bf16[8,128]) {
+  %p = (s32[], bf16[8,128]{1,0}) parameter(0)
+  %x = bf16[8,128]{1,0} get-tuple-element((s32[], bf16[8,128]{1,0}) %p), index=1
+  %ag = bf16[32,128]{1,0} all-gather(bf16[8,128]{1,0} %x), channel_id=1, dimensions={0}
+  %a2a = bf16[8,128]{1,0} all-to-all(bf16[8,128]{1,0} %x), channel_id=2, dimensions={0}
+  ROOT %t = (s32[], bf16[8,128]{1,0}) tuple(s32[] %i, bf16[8,128]{1,0} %x)
+}
+
+%cond.1 (p: (s32[], bf16[8,128])) -> pred[] {
+  ROOT %c = pred[] constant(true)
+}
+
+ENTRY %main (a: f32[4,4]) -> f32[4,4] {
+  %a = f32[4,4]{1,0} parameter(0)
+  %ars = f32[4,4]{1,0} all-reduce-start(f32[4,4]{1,0} %a), channel_id=3, to_apply=%add
+  %ard = f32[4,4]{1,0} all-reduce-done(f32[4,4]{1,0} %ars)
+  %w = (s32[], bf16[8,128]{1,0}) while((s32[], bf16[8,128]{1,0}) %init), condition=%cond.1, body=%body.1, backend_config={"known_trip_count":{"n":"16"}}
+  ROOT %r = f32[4,4]{1,0} copy(f32[4,4]{1,0} %ard)
+}
+"""
+
+
+def test_collective_bytes_count_loop_bodies_by_their_trip_count():
+  counted = hlo_comm.collective_bytes(HLO)
+  assert counted["all-gather"] == 16 * 8 * 128 * 2  # operands, once per scanned iteration
+  assert counted["all-to-all"] == 16 * 8 * 128 * 2
+  assert counted["all-reduce"] == 4 * 4 * 4        # the -start half only
+  assert counted["reduce-scatter"] == 0
+  assert counted["total"] == 2 * 16 * 8 * 128 * 2 + 64
+
+
+def test_plain_cpu_jax_loads_no_tpu_library():
+  proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices())"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120, check=True)
+  assert "CpuDevice" in proc.stdout
+  assert "tpu" not in proc.stderr.lower(), proc.stderr
+
+
+@needs_libtpu
+def test_smoke_model_plan_on_a_v5p_slice():
+  figures = plan.plan_run(lm_moe.get_config("smoke"), chips.parse_topology("v5p:2x2x1"),
+                          mesh={"fsdp": 4})
+  assert figures["fits"] and figures["chips"] == 4
+  assert 0 < figures["total_bytes"] <= figures["hbm_bytes"]
+  assert figures["total_bytes"] >= figures["argument_bytes"] + figures["temp_bytes"]
+  # FSDP: parameters are gathered and gradients reduced across the 4 chips.
+  comm = figures["collective_bytes"]
+  assert comm["all-gather"] > 0 and comm["reduce-scatter"] + comm["all-reduce"] > 0
+  assert comm["all-to-all"] == 0  # no expert parallelism
+  # Two layers scanned: the HLO FLOPs are scaled by (2 layers) / (1 layer) of the counts.
+  assert 1.5 < figures["depth_factor"] < 2.0
+  assert figures["hlo_flops_per_chip"] >= figures["model_flops_per_step"] / 4
+  assert 0 < figures["mfu"] < 1
+  json.dumps(figures)
+
+
+@needs_libtpu
+def test_a_step_that_does_not_fit_reports_the_shortfall():
+  config = lm_moe.get_config("smoke")
+  config.model.vocab_size = 8192  # float32 logits of 2M tokens: 64 GiB, 16 GiB per chip
+  config.data.update(batch_size=1024, seq_len=2048)
+  figures = plan.plan_run(config, chips.parse_topology("v5e:2x2"), mesh={"fsdp": 4})
+  assert figures["fits"] is False
+  assert figures["error"].startswith("RESOURCE_EXHAUSTED")
+  assert figures["shortfall_bytes"] > 0 and figures["hbm_bytes"] == 16 * 2 ** 30
+  assert "DOES NOT FIT" in plan.format_plan(figures)
+
+
+@needs_libtpu
+def test_cli_prints_the_plan_and_a_json_line():
+  proc = run_module("experiments.plan", "--config=configs/lm_moe.py:smoke",
+                    "--topology=v5p:2x2x1", "--mesh=data=2,fsdp=2", timeout=600)
+  figures = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert figures["fits"] is True and figures["mesh"] == {"data": 2, "fsdp": 2}
+  assert "fits" in proc.stdout.splitlines()[1]
+  assert "WARNING" not in proc.stderr, proc.stderr[-2000:]  # libtpu's start-up is quiet
+
+
+def test_cli_rejects_an_unknown_topology_in_one_line():
+  proc = run_module("experiments.plan", "--config=configs/lm_moe.py:smoke",
+                    "--topology=v9z:2x2", check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "config error: --topology='v9z:2x2': expected CHIP:AxB[xC] with CHIP one of "
+      "['v4', 'v5e', 'v5p', 'v6e'], e.g. v5p:4x4x4 (64 chips) or v5e:2x2"]
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_sweep_plans_each_run_on_the_smallest_slice(tmp_path):
+  rows = sweep.plan_sweep("configs/sweeps/optimal_sparsity.py:smoke", chip="v5p", max_chips=8,
+                          csv_path=str(tmp_path / "plan.csv"))
+  assert len(rows) == 3
+  assert all(r["fits"] and r["topology"] == "v5p:2x2x1" and r["mesh"] == "fsdp=4" for r in rows)
+  assert len((tmp_path / "plan.csv").read_text().strip().splitlines()) == 4
+  assert "v5p:2x2x1" in sweep.format_table(rows)
