@@ -94,6 +94,39 @@ def test_collective_bytes_count_loop_bodies_by_their_trip_count():
   assert counted["total"] == 2 * 16 * 8 * 128 * 2 + 64
 
 
+# As the TPU compiler prints it: operands by name only, no known_trip_count; the bound is in the
+# loop condition.
+TPU_HLO = """HloModule jit_train_step, is_scheduled=true
+
+%region_1.1_spmd (param.1: (s32[], bf16[4,256])) -> (s32[], bf16[4,256]) {
+  %param.1 = (s32[]{:T(128)}, bf16[4,256]{1,0:T(4,128)(2,1)}) parameter(0)
+  %gte.2 = bf16[4,256]{1,0:T(4,128)(2,1)} get-tuple-element(%param.1), index=1
+  %all-gather.7 = bf16[16,256]{1,0:T(8,128)(2,1)} all-gather(%gte.2), channel_id=1, replica_groups=mesh['axis_0'=4] {'axis_0'}, dimensions={0}
+  ROOT %tuple.3 = (s32[]{:T(128)}, bf16[4,256]{1,0:T(4,128)(2,1)}) tuple(%gte.1, %gte.2)
+}
+
+%region_2.2_spmd (param.2: (s32[], bf16[4,256])) -> pred[] {
+  %constant.9 = s32[]{:T(128)} constant(12)
+  %param.2 = (s32[]{:T(128)}, bf16[4,256]{1,0:T(4,128)(2,1)}) parameter(0)
+  %gte.5 = s32[]{:T(128)} get-tuple-element(%param.2), index=0
+  ROOT %lt.1 = pred[]{:T(512)} compare(%gte.5, %constant.9), direction=LT
+}
+
+ENTRY %main.1_spmd (param.3: f32[64]) -> f32[64] {
+  %param.3 = f32[64]{0:T(256)} parameter(0)
+  %all-reduce.4 = f32[64]{0:T(256)} all-reduce(%param.3), channel_id=2, to_apply=%add
+  %while.5 = (s32[]{:T(128)}, bf16[4,256]{1,0:T(4,128)(2,1)}) while(%tuple.8), condition=%region_2.2_spmd, body=%region_1.1_spmd
+  ROOT %copy.1 = f32[64]{0:T(256)} copy(%all-reduce.4)
+}
+"""
+
+
+def test_collective_bytes_in_the_tpu_compilers_format():
+  counted = hlo_comm.collective_bytes(TPU_HLO)
+  assert counted["all-gather"] == 12 * 4 * 256 * 2
+  assert counted["all-reduce"] == 64 * 4
+
+
 def test_plain_cpu_jax_loads_no_tpu_library():
   proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices())"], cwd=REPO,
                         capture_output=True, text=True, timeout=120, check=True)

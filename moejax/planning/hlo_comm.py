@@ -3,8 +3,11 @@
 For every collective instruction (all-gather, reduce-scatter, all-reduce, all-to-all, ragged
 all-to-all, collective-permute; the ``-start`` half of async pairs) the sizes of its operands
 are summed, and multiplied by how often its computation runs: a ``while`` body by the loop's
-known trip count (scanned layers), other called computations once per call. The result is per
-device, since an SPMD program is the program of one device.
+trip count (scanned layers), other called computations once per call. The result is per device,
+since an SPMD program is the program of one device. Operands are sized from their inline types
+or, as the TPU compiler prints them (bare ``%names``), from their defining instructions; the
+trip count is the loop's ``known_trip_count`` or else the integer bound its condition compares
+the counter against (``compare(%i, %constant), direction=LT``: JAX loops count from 0 by 1).
 
   collective_bytes(compiled.as_text()) -> {"all-gather": ..., "all-to-all": ..., "total": ...}
 """
@@ -38,18 +41,20 @@ def _closing(text: str, start: int) -> int:
   return len(text) - 1
 
 
-def _instruction(line: str) -> tuple[str, str, str] | None:
-  """(opcode, operand text, attribute text) of an HLO instruction line, or None."""
+def _instruction(line: str) -> tuple[str, str, str, str, str] | None:
+  """(name, result type, opcode, operand text, attribute text) of an instruction line."""
   if " = " not in line:
     return None
-  rest = line.split(" = ", 1)[1].lstrip()
+  name, rest = line.split(" = ", 1)
+  name = name.replace("ROOT", "").strip().lstrip("%")
+  rest = rest.lstrip()
   end = _closing(rest, 0) + 1 if rest.startswith("(") else rest.find(" ")
-  match = re.match(r"\s*([a-z][\w\-]*)\(", rest[end:])
-  if end < 0 or not match:
+  match = re.match(r"\s*([a-z][\w\-]*)\(", rest[end:]) if end >= 0 else None
+  if not match:
     return None
   open_at = end + match.end() - 1
   close_at = _closing(rest, open_at)
-  return match.group(1), rest[open_at + 1:close_at], rest[close_at + 1:]
+  return name, rest[:end], match.group(1), rest[open_at + 1:close_at], rest[close_at + 1:]
 
 
 def _shape_bytes(text: str) -> float:
@@ -79,32 +84,46 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str]:
   return comps, entry
 
 
+def _trip_count(attrs: str, condition: list[str]) -> int:
+  known = _TRIP.search(attrs)
+  if known:
+    return int(known.group(1))
+  bounds = [int(c) for line in condition for c in re.findall(r"constant\((\d+)\)", line)]
+  compares = any("compare(" in line and "direction=LT" in line for line in condition)
+  return max(bounds) if bounds and compares else 1
+
+
+def _operand_bytes(operands: str, types: dict[str, str]) -> float:
+  if _SHAPE.search(operands):
+    return _shape_bytes(operands)
+  return sum(_shape_bytes(types.get(name, "")) for name in re.findall(r"%([\w.\-]+)", operands))
+
+
 def collective_bytes(hlo_text: str) -> dict[str, float]:
   """Operand bytes per device per execution, by collective kind, plus ``total``."""
   comps, entry = _computations(hlo_text)
+  parsed = {name: [p for p in map(_instruction, lines) if p] for name, lines in comps.items()}
   runs = collections.Counter()
 
   def visit(name: str, times: float, depth: int = 0):
-    if name not in comps or depth > 64:
+    if name not in parsed or depth > 64:
       return
     runs[name] += times
-    for line in comps[name]:
-      parsed = _instruction(line)
-      if parsed is None:
-        continue
-      opcode, _, attrs = parsed
-      trip = _TRIP.search(attrs)
-      for key, value in _CALLEE.findall(attrs):
-        repeat = int(trip.group(1)) if (opcode == "while" and key == "body" and trip) else 1
+    for _, _, opcode, _, attrs in parsed[name]:
+      callees = dict(_CALLEE.findall(attrs))
+      for key, value in callees.items():
+        repeat = 1
+        if opcode == "while" and key == "body":
+          repeat = _trip_count(attrs, comps.get(callees.get("condition", "").lstrip("%"), []))
         for callee in re.findall(r"%?([\w.\-]+)", value):
           visit(callee, times * repeat, depth + 1)
 
   visit(entry, 1)
   out = {kind: 0.0 for kind in KINDS}
   for name, times in runs.items():
-    for line in comps[name]:
-      parsed = _instruction(line)
-      if parsed and parsed[0] in _OPCODES:
-        out[_OPCODES[parsed[0]]] += times * _shape_bytes(parsed[1])
+    types = {n: t for n, t, *_ in parsed[name]}
+    for _, _, opcode, operands, _ in parsed[name]:
+      if opcode in _OPCODES:
+        out[_OPCODES[opcode]] += times * _operand_bytes(operands, types)
   out["total"] = sum(out.values())
   return out
