@@ -28,6 +28,7 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p:4x4x4 (64
 _MESH = flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. data=2,fsdp=32 (replaces "
                             "config.mesh; axes left out get size 1; one may be -1).")
 _MICROBATCHES = flags.DEFINE_integer("microbatches", None, "config.train.microbatches.")
+_DUMP_HLO = flags.DEFINE_string("dump_hlo", None, "Write the compiled program's HLO text here.")
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file and preset: plan every run.")
 _CHIP = flags.DEFINE_string("chip", "v5p", f"Sweep: chip kind, one of {sorted(chips.CHIPS)}.")
 _MODELS = flags.DEFINE_string("models", None, "Sweep: only runs whose name matches this regex.")
@@ -58,7 +59,8 @@ def main(argv):
     raise SystemExit("error: give --topology=CHIP:AxBxC (e.g. v5p:4x4x4) or --sweep=FILE:PRESET")
   topology = cli.run_or_exit(lambda: chips.parse_topology(_TOPOLOGY.value))
   figures = cli.run_or_exit(lambda: plan.plan_run(CONFIG.value, topology, mesh=_mesh(_MESH.value),
-                                                  microbatches=_MICROBATCHES.value))
+                                                  microbatches=_MICROBATCHES.value,
+                                                  hlo_path=_DUMP_HLO.value))
   print(plan.format_plan(figures))
   print(json.dumps(figures))
 

@@ -124,6 +124,9 @@ def collective_bytes(hlo_text: str) -> dict[str, float]:
     types = {n: t for n, t, *_ in parsed[name]}
     for _, _, opcode, operands, _ in parsed[name]:
       if opcode in _OPCODES:
-        out[_OPCODES[opcode]] += times * _operand_bytes(operands, types)
+        kind = _OPCODES[opcode]
+        if kind == "all-reduce" and name.startswith("all-reduce-scatter"):
+          kind = "reduce-scatter"  # XLA:TPU's reduce-scatter: all-reduce + slice, one fusion
+        out[kind] += times * _operand_bytes(operands, types)
   out["total"] = sum(out.values())
   return out

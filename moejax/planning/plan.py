@@ -106,8 +106,10 @@ def depth_factor(config: ml_collections.ConfigDict) -> float:
 
 
 def plan_run(config: ml_collections.ConfigDict, topology: Topology,
-             mesh: dict[str, int] | None = None, microbatches: int | None = None) -> dict:
-  """Compiles ``config``'s train step for ``topology`` and returns the plan's figures."""
+             mesh: dict[str, int] | None = None, microbatches: int | None = None,
+             hlo_path: str | None = None) -> dict:
+  """Compiles ``config``'s train step for ``topology`` and returns the plan's figures
+  (``hlo_path``: also write the compiled program's HLO text there)."""
   config, sizes = prepare_config(config, topology, mesh, microbatches)
   task = task_lib.get(config)
   counts = task.counts(config)
@@ -138,7 +140,11 @@ def plan_run(config: ml_collections.ConfigDict, topology: Topology,
            memory.output_size_in_bytes - memory.alias_size_in_bytes +
            memory.generated_code_size_in_bytes)
   factor = depth_factor(config)
-  comm = hlo_comm.collective_bytes(compiled.as_text())
+  hlo_text = compiled.as_text()
+  if hlo_path:
+    with open(hlo_path, "w") as f:
+      f.write(hlo_text)
+  comm = hlo_comm.collective_bytes(hlo_text)
   hlo_flops = float(cost.get("flops", 0.0)) * factor
   hbm_traffic = float(cost.get("bytes accessed", 0.0)) * factor
   times = {"compute_s": hlo_flops / chip.peak_bf16_flops,
