@@ -166,7 +166,7 @@ def test_a_step_that_does_not_fit_reports_the_shortfall():
   figures = plan.plan_run(config, chips.parse_topology("v5e:2x2"), mesh={"fsdp": 4})
   assert figures["fits"] is False
   assert figures["error"].startswith("RESOURCE_EXHAUSTED")
-  assert figures["shortfall_bytes"] > 0 and figures["hbm_bytes"] == 16 * 2 ** 30
+  assert figures["shortfall_bytes"] > 0 and figures["hbm_bytes"] == chips.CHIPS["v5e"].hbm_bytes
   assert "DOES NOT FIT" in plan.format_plan(figures)
 
 

@@ -37,13 +37,14 @@ class Chip:
 
 
 # Google Cloud TPU documentation, "System architecture" pages (checked 2026-12-03):
-# https://cloud.google.com/tpu/docs/v5p, /v5e, /v6e, /v4. HBM capacities are as the compiler
-# reports them (v5p: "95.74G" of HBM in its RESOURCE_EXHAUSTED messages; the page says 95 GB).
+# https://cloud.google.com/tpu/docs/v5p, /v5e, /v6e, /v4. HBM capacities of v5p and v5e are as
+# libtpu 0.0.42 reports them available in its RESOURCE_EXHAUSTED messages ("95.74G", "15.75G";
+# the pages say 95 GB and 16 GB); v6e and v4 are the pages' nominal capacities.
 CHIPS = {
     "v5p": Chip("v5p", int(95.74 * GIB), 459e12, 2765e9, 4800e9 / 8,
                 "cloud.google.com/tpu/docs/v5p: 459 TFLOP/s bf16, 95 GB HBM at 2765 GB/s, "
                 "ICI 4800 Gbps"),
-    "v5e": Chip("v5e", 16 * GIB, 197e12, 819e9, 1600e9 / 8,
+    "v5e": Chip("v5e", int(15.75 * GIB), 197e12, 819e9, 1600e9 / 8,
                 "cloud.google.com/tpu/docs/v5e: 197 TFLOP/s bf16, 16 GB HBM at 819 GB/s, "
                 "ICI 1600 Gbps"),
     "v6e": Chip("v6e", 32 * GIB, 918e12, 1640e9, 3584e9 / 8,
