@@ -158,6 +158,7 @@ def test_smoke_model_plan_on_a_v5p_slice():
   json.dumps(figures)
 
 
+@pytest.mark.slow
 @needs_libtpu
 def test_a_step_that_does_not_fit_reports_the_shortfall():
   config = lm_moe.get_config("smoke")

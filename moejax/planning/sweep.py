@@ -3,6 +3,7 @@ whose compiled train step fits, as a table and a CSV.
 
 Per run, slices are tried from small to large. A slice is skipped without compiling when the
 train state alone (float32 parameters and two Adam moments, perfectly sharded) exceeds its HBM.
+A slice is also skipped when the bfloat16 logits of the chip's tokens alone exceed HBM.
 On each slice the candidate meshes are tried in order (``candidate_meshes``); the first that
 compiles and fits wins. After two slices that do not fit, the per-chip totals are extrapolated as
 ``a + b / chips``; when even infinitely many chips would leave ``a`` above HBM (buffers that do
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from moejax.errors import ConfigError
 from moejax.planning import plan
+from moejax.planning.plan import microbatches_of
 from moejax.planning.chips import GIB, parse_topology
 from moejax.sweeps import spec as sweep_spec
 from moejax.training import task as task_lib
@@ -73,6 +75,16 @@ def _row(p: dict, note: str = "") -> dict:
           "compile_s": round(p.get("compile_s", 0.0), 1), "note": note or p.get("error", "")}
 
 
+def _lower_bound(config: ml_collections.ConfigDict, total_params: int, chips: int) -> float:
+  """Bytes a chip needs at least: its share of the train state (perfectly sharded), or, for a
+  model with a vocabulary, the bfloat16 logits of its share of the batch's tokens (the loss
+  materialises them; XLA's own rematerialisation spends long compiles on such overflows)."""
+  state = total_params * STATE_BYTES_PER_PARAM / chips
+  vocab = config.model.get("vocab_size")
+  tokens = task_lib.get(config).tokens_per_batch(config) / chips
+  return max(state, tokens * vocab * 2 / microbatches_of(config) if vocab else 0.0)
+
+
 def _never_fits(tried: list[tuple[int, int]], hbm: int) -> bool:
   """Whether the last two (chips, total bytes) points extrapolate above HBM at any size."""
   if len(tried) < 2:
@@ -92,8 +104,8 @@ def plan_model(config: ml_collections.ConfigDict, chip: str, max_chips: int,
     topology = parse_topology(f"{chip}:{shape}")
     if topology.num_chips > max_chips:
       break
-    if total_params * STATE_BYTES_PER_PARAM / topology.num_chips > topology.chip.hbm_bytes:
-      continue  # the train state alone does not fit
+    if _lower_bound(config, total_params, topology.num_chips) > topology.chip.hbm_bytes:
+      continue  # the train state or the chip's logits alone do not fit: skip the compile
     best = None
     for mesh in candidate_meshes(config, topology.num_chips):
       try:
