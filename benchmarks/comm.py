@@ -64,6 +64,7 @@ def _table(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
+  plan.disable_persistent_cache()
   topology = cli.run_or_exit(lambda: chips.parse_topology(_TOPOLOGY.value))
   runs = sweep_spec.select(sweep_spec.load_sweep(_SWEEP.value), _MODELS.value)
   rows = []

@@ -48,6 +48,7 @@ def _mesh(text):
 
 def main(argv):
   del argv
+  plan.disable_persistent_cache()
   if _SWEEP.value:
     rows = cli.run_or_exit(lambda: sweep.plan_sweep(
         _SWEEP.value, chip=_CHIP.value, models=_MODELS.value, max_chips=_MAX_CHIPS.value,

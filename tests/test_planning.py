@@ -141,23 +141,6 @@ def test_plain_cpu_jax_loads_no_tpu_library():
   assert "tpu" not in proc.stderr.lower(), proc.stderr
 
 
-@needs_libtpu
-def test_smoke_model_plan_on_a_v5p_slice():
-  figures = plan.plan_run(lm_moe.get_config("smoke"), chips.parse_topology("v5p:2x2x1"),
-                          mesh={"fsdp": 4})
-  assert figures["fits"] and figures["chips"] == 4
-  assert 0 < figures["total_bytes"] <= figures["hbm_bytes"]
-  assert figures["total_bytes"] >= figures["argument_bytes"] + figures["temp_bytes"]
-  # FSDP: parameters are gathered and gradients reduced across the 4 chips.
-  comm = figures["collective_bytes"]
-  assert comm["all-gather"] > 0 and comm["reduce-scatter"] + comm["all-reduce"] > 0
-  # Two layers scanned: the HLO FLOPs are scaled by (2 layers) / (1 layer) of the counts.
-  assert 1.5 < figures["depth_factor"] < 2.0
-  assert figures["hlo_flops_per_chip"] >= figures["model_flops_per_step"] / 4
-  assert 0 < figures["mfu"] < 1
-  json.dumps(figures)
-
-
 @pytest.mark.slow
 @needs_libtpu
 def test_a_step_that_does_not_fit_reports_the_shortfall():
@@ -172,13 +155,23 @@ def test_a_step_that_does_not_fit_reports_the_shortfall():
 
 
 @needs_libtpu
-def test_cli_prints_the_plan_and_a_json_line():
+def test_cli_plans_the_smoke_model_on_a_v5p_slice():
   proc = run_module("experiments.plan", "--config=configs/lm_moe.py:smoke",
                     "--topology=v5p:2x2x1", "--mesh=data=2,fsdp=2", timeout=600)
   figures = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert figures["fits"] is True and figures["mesh"] == {"data": 2, "fsdp": 2}
+  assert figures["fits"] is True and figures["chips"] == 4
+  assert figures["mesh"] == {"data": 2, "fsdp": 2}
   assert "fits" in proc.stdout.splitlines()[1]
   assert "WARNING" not in proc.stderr, proc.stderr[-2000:]  # libtpu's start-up is quiet
+  assert 0 < figures["total_bytes"] <= figures["hbm_bytes"]
+  assert figures["total_bytes"] >= figures["argument_bytes"] + figures["temp_bytes"]
+  # FSDP gathers parameters, and gradients are reduced over the data-parallel chips.
+  comm = figures["collective_bytes"]
+  assert comm["all-gather"] > 0 and comm["reduce-scatter"] + comm["all-reduce"] > 0
+  # Two layers scanned: the HLO FLOPs are scaled by (2 layers) / (1 layer) of the counts.
+  assert 1.5 < figures["depth_factor"] < 2.0
+  assert figures["hlo_flops_per_chip"] >= figures["model_flops_per_step"] / 4
+  assert 0 < figures["mfu"] < 1
 
 
 def test_cli_rejects_an_unknown_topology_in_one_line():

@@ -105,6 +105,13 @@ def depth_factor(config: ml_collections.ConfigDict) -> float:
   return per_token(config) / per_token(one)
 
 
+def disable_persistent_cache() -> None:
+  """Compile-only TPU executables cannot be read back from jax's persistent compilation cache
+  ("PjRtCompiler must be constructed with a Client"), so planners keep them out of it. Takes
+  effect only before the process's first compilation (jax checks the setting once)."""
+  jax.config.update("jax_enable_compilation_cache", False)
+
+
 def plan_run(config: ml_collections.ConfigDict, topology: Topology,
              mesh: dict[str, int] | None = None, microbatches: int | None = None,
              hlo_path: str | None = None) -> dict:
