@@ -11,7 +11,7 @@ import pytest
 
 from configs import lm_moe
 from moejax.errors import ConfigError
-from moejax.planning import chips, hlo_comm, plan, sweep
+from moejax.planning import chips, comm_model, hlo_comm, plan, sweep
 from tests.conftest import REPO, run_module
 
 HAS_LIBTPU = chips.libtpu_path() is not None
@@ -192,3 +192,19 @@ def test_sweep_plans_each_run_on_the_smallest_slice(tmp_path):
   assert all(r["fits"] and r["topology"] == "v5p:2x2x1" and r["mesh"] == "fsdp=4" for r in rows)
   assert len((tmp_path / "plan.csv").read_text().strip().splitlines()) == 4
   assert "v5p:2x2x1" in sweep.format_table(rows)
+
+
+def test_analytic_collective_bytes_of_fsdp_and_expert_parallelism():
+  config = lm_moe.get_config("smoke")  # 59,808 float32 parameters, all sharded over fsdp
+  state_bytes = 59_808 * 4
+  fsdp = comm_model.analytic_bytes(config, {"data": 1, "fsdp": 4})
+  assert fsdp["all-gather"] == 2 * state_bytes / 4  # forward + backward, one shard each
+  assert fsdp["reduce-scatter"] == state_bytes and fsdp["all-reduce"] == 0
+  assert fsdp["all-to-all"] == 0
+  hybrid = comm_model.analytic_bytes(config, {"data": 2, "fsdp": 2})
+  assert hybrid["all-reduce"] == state_bytes / 2  # the fsdp shard, summed over data
+  config.sharding_rules = [*config.sharding_rules[:2], ("expert", "expert"),
+                           *config.sharding_rules[3:]]
+  ep = comm_model.analytic_bytes(config, {"data": 1, "fsdp": 2, "expert": 2})
+  # 256 tokens / 4 chips x k=2 x d=32 x 2 bytes, 4 exchanges per layer (no remat), 2 layers
+  assert ep["all-to-all"] == 64 * 2 * 32 * 2 * 4 * 2
