@@ -75,14 +75,15 @@ def _row(p: dict, note: str = "") -> dict:
           "compile_s": round(p.get("compile_s", 0.0), 1), "note": note or p.get("error", "")}
 
 
-def _lower_bound(config: ml_collections.ConfigDict, total_params: int, chips: int) -> float:
+def _lower_bound(config: ml_collections.ConfigDict, total_params: int, chips: int,
+                 microbatches: int) -> float:
   """Bytes a chip needs at least: its share of the train state (perfectly sharded), or, for a
   model with a vocabulary, the bfloat16 logits of its share of the batch's tokens (the loss
   materialises them; XLA's own rematerialisation spends long compiles on such overflows)."""
   state = total_params * STATE_BYTES_PER_PARAM / chips
   vocab = config.model.get("vocab_size")
   tokens = task_lib.get(config).tokens_per_batch(config) / chips
-  return max(state, tokens * vocab * 2 / microbatches_of(config) if vocab else 0.0)
+  return max(state, tokens * vocab * 2 / microbatches if vocab else 0.0)
 
 
 def _never_fits(tried: list[tuple[int, int]], hbm: int) -> bool:
@@ -97,14 +98,16 @@ def _never_fits(tried: list[tuple[int, int]], hbm: int) -> bool:
 def plan_model(config: ml_collections.ConfigDict, chip: str, max_chips: int,
                microbatches: int | None = None) -> dict:
   """The smallest fitting (slice, mesh) of one run config, or the last attempt with a note."""
-  name = task_lib.get(config).counts(config).get("name")
-  total_params = task_lib.get(config).counts(config)["total_params"]
+  counts = task_lib.get(config).counts(config)
+  name, total_params = counts.get("name"), counts["total_params"]
   tried, last = [], {"name": name, "fits": False}
   for shape in SLICES[chip]:
     topology = parse_topology(f"{chip}:{shape}")
     if topology.num_chips > max_chips:
       break
-    if _lower_bound(config, total_params, topology.num_chips) > topology.chip.hbm_bytes:
+    bound = _lower_bound(config, total_params, topology.num_chips,
+                         microbatches or microbatches_of(config))
+    if bound > topology.chip.hbm_bytes:
       continue  # the train state or the chip's logits alone do not fit: skip the compile
     best = None
     for mesh in candidate_meshes(config, topology.num_chips):
