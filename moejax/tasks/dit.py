@@ -158,14 +158,22 @@ def inference_params(state):
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def _generate_batch(graphdef, method, steps, guidance, null_class, clip, params, rest,
                     noise_BHWC, labels_B, key):
-  model = nnx.merge(graphdef, params, rest, copy=True)
-  model.eval()
+  predict = model_predict(graphdef, params, rest)
+  schedule = nnx.merge(graphdef, params, rest, copy=True).dit.schedule()
+  return samplers.sample(method, predict, schedule, noise_BHWC, labels_B, key, steps=steps,
+                         guidance=guidance, null_class=null_class, clip=clip)
+
+
+def model_predict(graphdef, params, rest):
+  """``predict(z_BHWC, time_B, labels_B) -> out_BHWC`` of the model in eval mode, merged at
+  the caller's trace level (usable inside a sampler's ``lax.scan``)."""
 
   def predict(z_BHWC, time_B, labels_B):
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    model.eval()
     return model(z_BHWC, time_B, labels_B)[0]
 
-  return samplers.sample(method, predict, model.dit.schedule(), noise_BHWC, labels_B, key,
-                         steps=steps, guidance=guidance, null_class=null_class, clip=clip)
+  return predict
 
 
 def generate(config: ml_collections.ConfigDict, graphdef, params, rest, labels,
