@@ -31,7 +31,7 @@ def plot_fd(models: pd.DataFrame, floor: float):
   ax.errorbar(models["fd_cnn"], y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
   ax.axvline(floor, color="gray", ls="--", label=f"real vs real floor {floor:.2f}")
   ax.set(yticks=y, yticklabels=models["name"], xlabel="FD-CNN (lower is better)",
-         title="DiT-MoE on Fashion-MNIST 16x16 (not Inception FID)")
+         title="DiT-MoE on Fashion-MNIST 28x28 (not Inception FID)")
   ax.tick_params(axis="y", labelsize=7)
   ax.legend(fontsize=8)
   return fig

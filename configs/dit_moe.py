@@ -2,8 +2,8 @@
 Parameters"; DiT, Peebles & Xie 2023). Presets:
 
   smoke   scikit-learn's 8x8 digits in pixel space, seconds (tests);
-  tiny    Fashion-MNIST (Debian's dataset-fashion-mnist) at 16x16 in pixel space, a few
-          minutes on 2 CPU cores;
+  tiny    Fashion-MNIST (Debian's dataset-fashion-mnist) 28x28 in pixel space, patch 7 (16
+          tokens; native size, so no resizing), a few minutes on 2 CPU cores;
   paper   the paper's ImageNet 256 models on 32x32x4 VAE latents, 1000 classes, learned
           variance: ``model.size`` (S, B, L, XL, G), ``model.patch_size`` (2, 4, 8),
           ``model.num_experts`` and ``model.top_k`` pick the configuration (default XL/2-8E2A).
@@ -36,7 +36,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   (moejax/models/dit.resolve); without, the explicit fields below apply."""
   cfg = ml_collections.ConfigDict(dict(
       size=ml_collections.FieldReference(None, field_type=str),  # S | B | L | XL | G
-      image_size=16, patch_size=2, channels=1, num_classes=10,
+      image_size=28, patch_size=7, channels=1, num_classes=10,
       learn_sigma=False,          # True: 2C outputs, DDPM hybrid loss and learned variance
       shared_experts=True,        # with ``size``: a shared SwiGLU of hidden 2D
       frequency_dim=256,
@@ -82,8 +82,11 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   cfg.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, min_lr=1e-4, warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
       grad_clip=1.0, ema_decay=0.9999))
+  # The expert-level balance loss at the MoE layer's default weight, 0.01 (the DiT-MoE code's;
+  # None keeps it a default, so the dense DiT, which returns no such loss, shares this config);
+  # no z-loss.
   cfg.aux_loss_weights = lm_moe.aux_loss_weights()
-  cfg.aux_loss_weights.update(load_balance_loss=0.01, router_z_loss=0.0)
+  cfg.aux_loss_weights.update(router_z_loss=0.0)
   cfg.sample = ml_collections.ConfigDict(dict(
       sampler="ddim",             # ddpm | ddim | euler (rectified flow)
       steps=50, guidance=1.5, seed=0))
@@ -105,7 +108,8 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
     cfg.train.update(steps=20, log_every=5, checkpoint_every=10, eval_batches=2)
   elif preset == "tiny":
     cfg.optim.update(lr=1e-3, min_lr=1e-4, warmup_steps=50, ema_decay=0.995)
-    cfg.eval.num_samples = 1000
+    cfg.sample.steps = 25
+    cfg.eval.num_samples = 500
   else:
     cfg.model.update(size="XL", image_size=32, patch_size=2, channels=4, num_classes=1000,
                      learn_sigma=True, dtype="bfloat16", remat="full")

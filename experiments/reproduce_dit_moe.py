@@ -1,4 +1,4 @@
-"""The tiny DiT-MoE study (Fei et al. 2024) on Fashion-MNIST 16x16 in pixel space, offline.
+"""The tiny DiT-MoE study (Fei et al. 2024) on Fashion-MNIST 28x28 in pixel space, offline.
 
   python -m experiments.reproduce_dit_moe --preset=tiny --workdir=runs/dit
 

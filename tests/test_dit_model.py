@@ -19,7 +19,7 @@ from moejax.models import dit as dit_lib
 from moejax.models.vit import patchify
 from moejax.moe import losses
 from moejax.moe.router_functions import softmax_top_k
-from moejax.training import ema as ema_lib
+from moejax.training import ema as ema_lib, task as task_lib
 from tests.conftest import built_counts
 
 
@@ -152,7 +152,8 @@ def test_balance_loss_is_the_papers_expert_level_loss():
   np.testing.assert_allclose(float(losses.load_balance_loss(routing)), expected, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(routing.weights_TK),
                              np.take_along_axis(probs, top, -1), rtol=1e-5)  # not renormalised
-  assert dit_moe.get_config("tiny").aux_loss_weights.load_balance_loss == 0.01
+  weights = task_lib.aux_loss_weights(dit_moe.get_config("tiny"))
+  assert weights == {"load_balance_loss": 0.01, "router_z_loss": 0.0}
 
 
 def test_rectified_flow_loss_is_velocity_mse():

@@ -1,4 +1,4 @@
-"""The tiny DiT-MoE study (Fei et al. 2024) on Fashion-MNIST 16x16 in pixel space.
+"""The tiny DiT-MoE study (Fei et al. 2024) on Fashion-MNIST 28x28 in pixel space (patch 7).
 
 Presets (``get_sweep(preset)``):
   tiny   a dense DiT and DiT-MoE with E = 4, 8, 16 (k = 2, shared expert), plus E = 8 without
@@ -26,7 +26,7 @@ PRESETS = ("tiny", "smoke")
 # Every knob that sets the tiny study's cost; tune steps and batch together.
 TINY = dict(num_experts=(4, 8, 16), no_shared_experts=(8,), seeds=(0, 1),
             train=dict(steps=600, log_every=50, checkpoint_every=600, eval_batches=4),
-            eval=dict(num_samples=1000))
+            eval=dict(num_samples=500))
 SMOKE = dict(num_experts=(4,), no_shared_experts=(), seeds=(0,),
              train=dict(steps=20, log_every=5, checkpoint_every=20, eval_batches=2),
              eval=dict(num_samples=100))
