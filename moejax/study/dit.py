@@ -144,7 +144,7 @@ def render_report(summary: dict, models: pd.DataFrame) -> str:
            f"Image metric: FD-CNN, the Frechet distance in the 128-d features of a CNN trained "
            f"here on the same data (test accuracy "
            f"{summary['classifier']['test_accuracy']:.4f}); NOT comparable with Inception FID. "
-           f"Real-vs-real floor (train vs test images): {summary['fd_cnn_floor']}.", ""]
+           f"Real-vs-real floor (train vs test images): {summary['fd_cnn_floor']:.3f}.", ""]
   if len(models):
     columns = ["name", "family", "num_experts", "total_params", "active_params", "num_seeds",
                "fd_cnn", "fd_cnn_lo", "fd_cnn_hi", "conditional_accuracy",
