@@ -121,3 +121,20 @@ def test_dit_trains_and_resumes_exactly_after_sigkill_ema_included(tmp_path):
   diffs = [float(np.max(np.abs(np.asarray(e) - np.asarray(p))))
            for e, p in zip(jax.tree.leaves(emas[0]), jax.tree.leaves(runs[0].state.params))]
   assert max(diffs) > 0  # and it differs from the trained weights
+
+
+def test_seed_interval_is_student_t():
+  from moejax.study.intervals import seed_interval  # pylint: disable=import-outside-toplevel
+  out = seed_interval([1.0, 3.0])
+  assert out["estimate"] == 2.0 and out["seeds"] == 2
+  np.testing.assert_allclose(out["ci"], [2.0 - 12.7062047, 2.0 + 12.7062047], rtol=1e-6)
+  assert np.isnan(seed_interval([1.0])["ci"][0])
+
+
+def test_count_cli_prints_the_papers_16_5b_model():
+  from tests.conftest import run_module  # pylint: disable=import-outside-toplevel
+  out = run_module("experiments.count", "--config=configs/dit_moe.py:paper",
+                   "--config.model.size=G", "--config.model.num_experts=16")
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert summary["name"].startswith("G/2-16E2A-16.5B")
+  assert summary["total_params"] == 16_503_245_472 and summary["active_params"] == 3_180_186_272
