@@ -27,7 +27,7 @@ import math
 from typing import Any
 
 # Version of the generators; the tfds builders carry it, the manifest records it.
-DATA_VERSION = "1.0.0"
+DATA_VERSION = "1.1.0"
 
 SUITES = ("memorization", "reasoning", "filler")
 
@@ -88,6 +88,11 @@ class ReasoningConfig:
     train_per_difficulty: training problems per difficulty.
     eval_per_difficulty: problems per difficulty in ``test`` (new) and ``train_eval`` (a copy of
       training problems).
+    novel_from: the smallest difficulty whose test problems must be new computations (a
+      canonical form no training problem has) and whose training problems are all distinct.
+      Below it problems are drawn freely: with a small modulus a one-operation problem is one
+      entry of an operation table (3 p^2 of them), which training covers, so there a test
+      problem is new only in its names and statement order.
   """
   modulus: int = 23
   min_ops: int = 1
@@ -95,6 +100,7 @@ class ReasoningConfig:
   max_inputs: int = 3
   train_per_difficulty: int = 1000
   eval_per_difficulty: int = 100
+  novel_from: int = 1
 
   @property
   def difficulties(self) -> tuple[int, ...]:
@@ -175,6 +181,20 @@ PRESETS: dict[str, Preset] = {
         filler=FillerConfig(num_docs=100),
         vocab_size=384,
         mixture=(("memorization", 0.7), ("reasoning", 0.3), ("filler", 0.0)),
+    ),
+    "calib_b": Preset(
+        name="calib_b",
+        seed=0,
+        memorization=MemorizationConfig(
+            num_people=192,
+            attributes=(("birth_date", 0), ("birth_city", 32), ("university", 32), ("major", 16),
+                        ("employer", 32)),
+            date_days=8, date_years=4, bios_per_person=1),
+        reasoning=ReasoningConfig(modulus=7, min_ops=1, max_ops=4, train_per_difficulty=2000,
+                                  eval_per_difficulty=48, novel_from=2),
+        filler=FillerConfig(num_docs=100),
+        vocab_size=384,
+        mixture=(("memorization", 0.6), ("reasoning", 0.4), ("filler", 0.0)),
     ),
     "small": Preset(
         name="small",

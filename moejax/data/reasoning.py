@@ -7,7 +7,7 @@ number of operations the solution must carry out. Example (p = 23, d = 2)::
 
   prompt  Problem (mod 23): pens = 12. cats = 7. cups = cats + pens. jars = cups * cats.
           Find jars. Solution:
-  target   cups = 7 + 12 = 19. jars = 19 * 7 = 18. Answer: 18
+  target   cups = cats + pens = 7 + 12 = 19. jars = cups * cats = 19 * 7 = 18. Answer: 18
 
 Splits: ``train`` holds worked problems (the solution is part of the text), ``train_eval`` is the
 first ``eval_per_difficulty`` training problems of each difficulty (train side of the gap),
@@ -96,7 +96,12 @@ class Problem:
     prompt = (f"Problem (mod {self.modulus}): {' '.join(statements)} "
               f"Find {self.steps[-1][0]}. Solution:")
     vals = self.values()
-    work = [f"{n} = {vals[a]} {op} {vals[b]} = {vals[n]}." for n, op, a, b in self.steps]
+    # Each step names its operands, then their values, then the result: every token of the
+    # solution is then a copy from the context or one operation-table lookup, a granularity a
+    # two-layer model can learn (docs/calibration.md: without the names, no tiny model beat
+    # chance even on one-operation problems).
+    work = [f"{n} = {a} {op} {b} = {vals[a]} {op} {vals[b]} = {vals[n]}."
+            for n, op, a, b in self.steps]
     return records.Example(
         uid=uid, kind="problem", prompt=prompt,
         target=f" {' '.join(work)} Answer: {self.answer}", answer=str(self.answer),
@@ -148,6 +153,8 @@ def _sample_distinct(num_ops: int, count: int, cfg: presets.ReasoningConfig, gen
                      exclude: set[str]) -> list[Problem]:
   """``count`` problems of ``num_ops`` operations whose canonical hashes are new to ``exclude``."""
   found: list[Problem] = []
+  if num_ops < cfg.novel_from:  # operation-table level: drawn freely (presets.ReasoningConfig)
+    return [_random_problem(num_ops, cfg, gen) for _ in range(count)]
   attempts = 0
   while len(found) < count:
     attempts += 1

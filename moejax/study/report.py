@@ -96,6 +96,21 @@ def accuracy_intervals(models: pd.DataFrame) -> dict[str, dict[str, dict]]:
   return out
 
 
+def difficulty_section(models: pd.DataFrame) -> list[str]:
+  """Report lines: reasoning test accuracy per model by difficulty (number of operations), so a
+  reader sees where each model stops, with the guessing baselines."""
+  columns = table_columns(models, ("name", "reason_accuracy_d*"))
+  if len(columns) < 2:
+    return []
+  baselines = [f"{label} {models[col].max():.3f}" for col, label in (
+      ("reason_chance_accuracy", "guessing a residue (1/p)"),
+      ("reason_majority_accuracy", "always giving the most common answer"))
+               if col in models and models[col].notna().any()]
+  return ["", "## Reasoning accuracy by difficulty (operations per problem)", "",
+          markdown_table(models, columns), "",
+          "Baselines: " + (", ".join(baselines) or "none recorded") + "."]
+
+
 def json_safe(value: Any) -> Any:
   """``value`` with non-finite floats as None (strict JSON) and numpy scalars unwrapped."""
   if isinstance(value, dict):
@@ -153,6 +168,7 @@ def write(workdir: str, runs: pd.DataFrame, models: pd.DataFrame, verdicts: list
             "Accuracies and task losses: estimate [95% percentile-bootstrap interval over "
             "evaluation items] ± standard deviation over seeds (with several seeds; the "
             "estimate is then the seed mean). summary.json lists every interval."]
+  lines += difficulty_section(models)
   if len(unfinished):
     lines += ["", "Unfinished runs: " + ", ".join(
         f"{r['name']} ({r['status']})" for _, r in unfinished.iterrows()) + "."]
