@@ -12,14 +12,22 @@ draws the figures and writes DIR/report.md and DIR/summary.json.
            --grpo_config=configs/grpo.py:tiny --grpo_config.steps=60.
 """
 
-import json
+import os
 
-from absl import flags
+# Before any library import: TensorFlow (pulled in by the data pipeline) prints CUDA and oneDNN
+# start-up messages otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import json  # noqa: E402  (after the environment is set)
+
+from absl import flags  # noqa: E402
 from ml_collections import config_flags
 
-from configs import grpo as grpo_configs
-from experiments import cli
-from moejax.study.pipeline import run_study
+from configs import grpo as grpo_configs  # noqa: E402
+from experiments import cli  # noqa: E402
+from moejax.study import report  # noqa: E402
+from moejax.study.pipeline import run_study  # noqa: E402
 
 _PRESET = flags.DEFINE_enum("preset", "tiny", ["tiny", "smoke", "isoflop_tiny"], "Sweep preset.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory.", required=True)
@@ -58,6 +66,9 @@ def main(argv):
                     **({"grpo_reason_accuracy": {
                         name: [row.get("reason_accuracy"), row.get("grpo_reason_accuracy")]
                         for name, row in summary["grpo"].items()}} if "grpo" in summary else {})}))
+  print(f"\nFindings (Nakamura et al. 2025; details in the report):\n"
+        f"{report.verdict_table(summary['verdicts'])}\n\n"
+        f"Report: {os.path.abspath(os.path.join(_WORKDIR.value, 'report.md'))}")
 
 
 if __name__ == "__main__":

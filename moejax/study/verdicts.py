@@ -39,7 +39,7 @@ from moejax.study.verdicts_hparams import hyperparameters
 from moejax.study.verdicts_posttrain import test_time_compute
 
 MEMORIZATION_COL = "mem_train_accuracy"
-LOSS_EFFECT_SMALL = 0.03  # finding 4: |relative training-loss change| below which k "barely moves" it
+LOSS_EFFECT_SMALL = 0.03  # finding 4: |relative change of training loss| deemed "barely"
 EQUAL_LOSS_POINTS = 5  # common training losses at which finding 4 compares top-k
 
 

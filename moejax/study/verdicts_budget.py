@@ -79,8 +79,10 @@ def _seed_tied(runs: pd.DataFrame, column: str) -> dict[str, Any]:
 
 
 def _slope(log_c_C: np.ndarray, y_CX: np.ndarray) -> np.ndarray:
-  design_C2 = np.stack([log_c_C, np.ones_like(log_c_C)], axis=1)
-  return (np.linalg.pinv(design_C2) @ y_CX)[0]
+  """Least-squares slope [X] of each column against ``log_c_C`` (exactly 0 for a constant
+  column: y is centred on its first row, which leaves the slope unchanged)."""
+  dx_C = log_c_C - log_c_C.mean()
+  return (dx_C[:, None] * (y_CX - y_CX[:1])).sum(axis=0) / (dx_C ** 2).sum()
 
 
 def _trend(log_c_C: np.ndarray, estimate_C: np.ndarray, reps_CB) -> dict[str, Any]:

@@ -5,7 +5,7 @@ The generalization gap is train_eval minus test: ``reason_train_accuracy - reaso
 ``reason_task_loss - reason_train_task_loss`` (reported). The learning-rate / initialisation
 sweep (``--preset=small``) tags its runs with ``lr`` and ``init_scale`` (the multiplier of the
 fan-in init std, ``model.init_scale``); a model (d_model, E, k) trained at two or more values
-of one knob, the other at its base value (init scale 1, the model's most common learning rate),
+of one knob, the other at its base value (init scale 1; the model's most common learning rate),
 gives that knob's effect: the gap at the largest value minus the gap at the smallest, with its
 interval over items, averaged over models. Sparsity's effect is read in the fixed-active
 families: the gap of the sparsest (largest-E) model minus the densest's, averaged.
@@ -73,10 +73,7 @@ def knob_pairs(df: pd.DataFrame, knob: str) -> list[tuple[pd.DataFrame, pd.DataF
     if other == "init_scale":
       base = BASE_INIT_SCALE
     else:
-      at_base = runs.loc[np.isclose(runs["init_scale"], BASE_INIT_SCALE), "lr"]
-      if at_base.empty:
-        continue
-      base = float(at_base.mode().iloc[0])
+      base = float(runs["lr"].mode().iloc[0])  # the model's most common learning rate
     rows = runs[np.isclose(runs[other], base)].sort_values(knob)
     if rows[knob].nunique() >= 2:
       pairs.append((rows.iloc[[0]], rows.iloc[[-1]]))
