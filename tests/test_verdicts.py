@@ -258,3 +258,30 @@ def test_verdict_table_for_a_person():
   assert lines[0].split() == ["finding", "verdict", "numbers"] and len(lines) == 8
   assert lines[5].split()[:2] == ["5", "reproduced"] and "3 budgets" in lines[5]
   assert "lr +0.200 [" in lines[7]
+
+
+def test_figures_of_findings_5_and_7(tmp_path, monkeypatch):
+  matplotlib = pytest.importorskip("matplotlib")
+  matplotlib.use("Agg")
+  from analysis import figures  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(figures, "STUDY_FIGURES", {})  # the verdicts' figures only
+  models, boot = boot_of(hp_rows(lr_gap_change=0.2) + isoflop_rows((2, 1, 0)))
+  found = verdicts.all_verdicts(models, boot)
+  made = figures.make_study_figures(models, tmp_path, found)
+  for name in ("optimal_sparsity_vs_budget", "gap_vs_lr_init"):
+    assert (tmp_path / f"{name}.png").stat().st_size > 1000, made[name]
+  fig = figures.plot_optimal_sparsity(found[4])
+  ax = fig.axes[0]
+  assert "reproduced" in ax.get_title()
+  assert len([l for l in ax.lines if l.get_linestyle() == "--"]) == 3  # 3 budgets: trends drawn
+  two = verdicts.all_verdicts(pd.DataFrame(isoflop_rows((2, 1), budgets=(1e12, 1e13))))
+  assert not [l for l in figures.plot_optimal_sparsity(two[4]).axes[0].lines
+              if l.get_linestyle() == "--"]  # no line through two budgets
+  gap = figures.plot_gap_vs_hparams(models, found[6])
+  lr_line = gap.axes[0].lines[0]
+  np.testing.assert_allclose(lr_line.get_xdata(), [3e-4, 1e-3, 3e-3])
+  np.testing.assert_allclose(lr_line.get_ydata(), [0.1, 0.2, 0.3], atol=1e-9)
+  missing = figures.make_study_figures(pd.DataFrame(topk_rows(0.1)), tmp_path / "none",
+                                       verdicts.all_verdicts(pd.DataFrame(topk_rows(0.1))))
+  assert "skipped" in missing["optimal_sparsity_vs_budget"]
+  assert "skipped" in missing["gap_vs_lr_init"]

@@ -62,22 +62,25 @@ def _end_difference(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], name: str,
   return interval(estimate, sign * ((high_tr - high_te) - (low_tr - low_te)).mean(axis=0))
 
 
-def knob_pairs(df: pd.DataFrame, knob: str) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-  """(smallest-value row, largest-value row) of ``knob`` per model, the other knob at base."""
+def knob_rows(df: pd.DataFrame, knob: str) -> list[pd.DataFrame]:
+  """Per model (d_model, E, k) trained at two or more values of ``knob`` with the other knob at
+  its base value: those rows, sorted by ``knob``."""
   other = next(k for k in KNOBS if k != knob)
   if knob not in df or other not in df:
     return []
-  swept = df.dropna(subset=list(KNOBS))
-  pairs = []
-  for _, runs in swept.groupby(["d_model", "num_experts", "top_k"]):
-    if other == "init_scale":
-      base = BASE_INIT_SCALE
-    else:
-      base = float(runs["lr"].mode().iloc[0])  # the model's most common learning rate
+  out = []
+  for _, runs in df.dropna(subset=list(KNOBS)).groupby(["d_model", "num_experts", "top_k"]):
+    base = (BASE_INIT_SCALE if other == "init_scale"
+            else float(runs["lr"].mode().iloc[0]))  # the model's most common learning rate
     rows = runs[np.isclose(runs[other], base)].sort_values(knob)
     if rows[knob].nunique() >= 2:
-      pairs.append((rows.iloc[[0]], rows.iloc[[-1]]))
-  return pairs
+      out.append(rows)
+  return out
+
+
+def knob_pairs(df: pd.DataFrame, knob: str) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+  """(smallest-value row, largest-value row) of ``knob`` per model (``knob_rows``)."""
+  return [(rows.iloc[[0]], rows.iloc[[-1]]) for rows in knob_rows(df, knob)]
 
 
 def hyperparameters(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dict[str, Any]:
