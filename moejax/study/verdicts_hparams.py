@@ -63,13 +63,15 @@ def _end_difference(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], name: str,
 
 
 def knob_rows(df: pd.DataFrame, knob: str) -> list[pd.DataFrame]:
-  """Per model (d_model, E, k) trained at two or more values of ``knob`` with the other knob at
+  """Per model (d_model, E, k, active parameters, training tokens) trained at two or more values of ``knob`` with the other knob at
   its base value: those rows, sorted by ``knob``."""
   other = next(k for k in KNOBS if k != knob)
   if knob not in df or other not in df:
     return []
   out = []
-  for _, runs in df.dropna(subset=list(KNOBS)).groupby(["d_model", "num_experts", "top_k"]):
+  model = [c for c in ("d_model", "num_experts", "top_k", "active_params", "train_tokens")
+           if c in df]  # one model trained for one budget (dense baselines differ in d_ff)
+  for _, runs in df.dropna(subset=list(KNOBS)).groupby(model):
     base = (BASE_INIT_SCALE if other == "init_scale"
             else float(runs["lr"].mode().iloc[0]))  # the model's most common learning rate
     rows = runs[np.isclose(runs[other], base)].sort_values(knob)
