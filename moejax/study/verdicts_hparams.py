@@ -63,8 +63,8 @@ def _end_difference(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], name: str,
 
 
 def knob_rows(df: pd.DataFrame, knob: str) -> list[pd.DataFrame]:
-  """Per model (d_model, E, k, active parameters, training tokens) trained at two or more values of ``knob`` with the other knob at
-  its base value: those rows, sorted by ``knob``."""
+  """Per model (d_model, E, k, active parameters, training tokens) trained at two or more
+  values of ``knob`` with the other knob at its base value: those rows, sorted by ``knob``."""
   other = next(k for k in KNOBS if k != knob)
   if knob not in df or other not in df:
     return []
