@@ -437,6 +437,16 @@ VERDICT_FIGURES: dict[str, tuple[int, Callable[[pd.DataFrame, dict], Figure]]] =
 }
 
 
+def _without_knob_sweep(df: pd.DataFrame) -> pd.DataFrame:
+  """``df`` less the learning-rate / init sweep's off-base runs (``lr`` and ``init_scale``
+  columns: init scale 1 and the most common learning rate are the base), which would put
+  several points of one model at one x in the size figures."""
+  if "lr" not in df or "init_scale" not in df or df["lr"].isna().all():
+    return df
+  base = np.isclose(df["init_scale"], 1.0) & np.isclose(df["lr"], df["lr"].mode().iloc[0])
+  return df[df["init_scale"].isna() | base]
+
+
 def make_study_figures(df: pd.DataFrame, out_dir: str | Path,
                        verdicts: list[dict] | None = None) -> dict[str, dict]:
   """Draws every figure of ``STUDY_FIGURES`` (and, given the study's ``verdicts``, of
@@ -446,15 +456,15 @@ def make_study_figures(df: pd.DataFrame, out_dir: str | Path,
     {figure name: {"png": path, "pdf": path}} for drawn figures and
     {figure name: {"skipped": reason}} for those whose columns or runs are missing.
   """
-  draws = dict(STUDY_FIGURES)
+  draws = {name: (draw, _without_knob_sweep(df)) for name, draw in STUDY_FIGURES.items()}
   by_finding = {v["finding"]: v for v in verdicts or []}
   for name, (finding, draw) in VERDICT_FIGURES.items():
     if finding in by_finding:
-      draws[name] = lambda table, draw=draw, v=by_finding[finding]: draw(table, v)
+      draws[name] = (lambda table, draw=draw, v=by_finding[finding]: draw(table, v), df)
   out = {}
-  for name, draw in draws.items():
+  for name, (draw, table) in draws.items():
     try:
-      fig = draw(df)
+      fig = draw(table)
     except (MissingColumnsError, ValueError) as err:
       logging.warning("skipping figure %s: %s", name, err)
       out[name] = {"skipped": str(err)}

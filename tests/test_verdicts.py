@@ -281,6 +281,8 @@ def test_figures_of_findings_5_and_7(tmp_path, monkeypatch):
   lr_line = gap.axes[0].lines[0]
   np.testing.assert_allclose(lr_line.get_xdata(), [3e-4, 1e-3, 3e-3])
   np.testing.assert_allclose(lr_line.get_ydata(), [0.1, 0.2, 0.3], atol=1e-9)
+  base = figures._without_knob_sweep(models)  # pylint: disable=protected-access
+  assert len(models) - len(base) == 4 and not base["name"].str.contains("lr|init").any()
   missing = figures.make_study_figures(pd.DataFrame(topk_rows(0.1)), tmp_path / "none",
                                        verdicts.all_verdicts(pd.DataFrame(topk_rows(0.1))))
   assert "skipped" in missing["optimal_sparsity_vs_budget"]
