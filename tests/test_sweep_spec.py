@@ -71,6 +71,10 @@ def test_isoflop_runs_spend_equal_flops_at_varied_sparsity():
   # The analysis groups budgets the same way.
   from analysis import isoflop  # pylint: disable=import-outside-toplevel
   assert len(np.unique(isoflop.budget_groups(df.train_flops.to_numpy()))) == df.family.nunique()
+  # ... as iso-FLOP budgets, and never as families of fixed active parameters (findings 1-3).
+  from moejax.study import verdict_common  # pylint: disable=import-outside-toplevel
+  assert len(isoflop.isoflop_budgets(df)) == df.family.nunique()
+  assert verdict_common.families(df) == {}
 
 
 def test_small_preset_holds_every_finding_and_follows_tiny():

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from moejax.study.intervals import ItemBootstrap
-from moejax.study.verdict_common import (  # pylint: disable=unused-import  (re-exported)
+from moejax.study.verdict_common import (
     REASON_COL, REASON_LOSS_COL, TRAIN_LOSS_COL, against, ci_text, decide, estimate_text,
     families, family_spearman, mean_finite, reasoning_at_chance, rho_text, spearman_intervals,
     statistic_interval, train_loss_column, verdict)
