@@ -224,6 +224,10 @@ def test_smoke_study_end_to_end(tmp_path):
                     f"--workdir={tmp_path}", timeout=240)
   first = time.time() - start
   assert '"verdicts"' in proc.stdout
+  # Ends for a person: the verdict table (finding, verdict, numbers) and the report's path.
+  table = proc.stdout[proc.stdout.index("finding  verdict"):].splitlines()
+  assert [line.split()[0] for line in table[1:8]] == [str(f) for f in range(1, 8)]
+  assert proc.stdout.rstrip().endswith(f"Report: {tmp_path / 'report.md'}")
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert [v["finding"] for v in summary["verdicts"]] == [1, 2, 3, 4, 5, 6, 7]
   assert all(v["verdict"] in ("reproduced", "not reproduced", "inconclusive", "not tested")
