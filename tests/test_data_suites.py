@@ -219,8 +219,8 @@ _PINNED_SMOKE = {
     "memorization/train": "823836856dbe767f",
     "memorization/train_eval": "c4615cd6cc0b1f51",
     "memorization/test": "fa2c56a9abf4cec1",
-    "reasoning/train": "b6813763b8acc0ff",
-    "reasoning/train_eval": "f3022cca26f282b3",
-    "reasoning/test": "aada19f6a4bc15bd",
+    "reasoning/train": "1f3ec0c47cb48bd3",
+    "reasoning/train_eval": "7871078e079613bf",
+    "reasoning/test": "d0968a582f12dc40",
     "filler/train": "c41fa31803cade70",
 }
