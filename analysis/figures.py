@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
+from matplotlib import colormaps, ticker
 from matplotlib.figure import Figure
 
 from analysis import isoflop
@@ -29,6 +29,11 @@ from analysis.results_schema import (MissingColumnsError, add_derived_columns,
                                      finished_runs, require_columns, sc_accuracy_columns)
 
 SUITE_LABELS = {"mem": "memorization", "reason": "reasoning"}
+# The accuracy each suite's verdict reads (moejax/study/verdicts.py): memorization is QA accuracy
+# on facts whose QA pairs were trained on, reasoning is held-out accuracy.
+ACCURACY_COLS = {"mem": "mem_train_accuracy", "reason": "reason_accuracy"}
+MAX_TICKS = 6
+MIN_POINTS_FOR_FIT = 3  # no curve or slope through fewer points
 REASONING_PEAK_TPP = 20.0  # Nakamura et al. 2025: reasoning peaks near TPP ~ 20.
 
 
@@ -59,6 +64,36 @@ def _runs(df: pd.DataFrame, columns, what: str, loss_col: str) -> pd.DataFrame:
 def _topk_colors(ks) -> dict:
   cmap = colormaps["tab10"]
   return {k: cmap(i % 10) for i, k in enumerate(sorted(pd.unique(ks)))}
+
+
+def _compact(value: float) -> str:
+  for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(value) >= scale:
+      return f"{value / scale:.3g}{suffix}"
+  return f"{value:.3g}"
+
+
+def log_ticks(ax, values, axis: str = "x", max_ticks: int = MAX_TICKS) -> None:
+  """Explicit ticks at the data's values on a log axis (few points: matplotlib's automatic
+  labels overlap or vanish), thinned so that neighbours are at least 1/``max_ticks`` of the
+  axis' decades apart (so at most ``max_ticks`` + 1), rotated; no minor labels."""
+  values = np.unique(np.asarray(values, np.float64)[np.isfinite(values)])
+  values = values[values > 0]
+  if not len(values):
+    return
+  log_v = np.log10(values)
+  min_gap = (log_v[-1] - log_v[0]) / max_ticks  # keep labels at least this far apart
+  keep = [0]
+  for i in range(1, len(values)):
+    if log_v[i] - log_v[keep[-1]] >= min_gap:
+      keep.append(i)
+  values = values[keep]
+  which = ax.xaxis if axis == "x" else ax.yaxis
+  which.set_minor_formatter(ticker.NullFormatter())
+  which.set_major_locator(ticker.FixedLocator(values))
+  which.set_major_formatter(ticker.FixedFormatter([_compact(v) for v in values]))
+  if axis == "x":
+    ax.tick_params(axis="x", labelrotation=30, labelsize=7)
 
 
 def _budget_panels(runs: pd.DataFrame, budget_col: str = "train_flops"):
@@ -109,6 +144,7 @@ def plot_loss_vs_total_params(df: pd.DataFrame, loss_col: str = "final_eval_loss
   for ax, (title, sub) in zip(axes, panels):
     _lines_by(ax, sub, "total_params", loss_col, ["active_params", "top_k"], colors)
     ax.set_xscale("log")
+    log_ticks(ax, sub["total_params"])
     ax.set_xlabel("total parameters")
     ax.set_title(title, fontsize=9)
   axes[0].set_ylabel(loss_col)
@@ -116,15 +152,26 @@ def plot_loss_vs_total_params(df: pd.DataFrame, loss_col: str = "final_eval_loss
   return fig
 
 
+def _suite_metric(runs: pd.DataFrame, suite: str, metric: str) -> str:
+  """The column drawn for a suite's metric: the verdict's accuracy (``ACCURACY_COLS``), and
+  for memorization the task loss on the same trained facts when measured."""
+  if metric == "accuracy":
+    return ACCURACY_COLS[suite]
+  trained = f"{suite}_train_task_loss"
+  return trained if suite == "mem" and trained in runs and runs[trained].notna().any() else (
+      f"{suite}_task_loss")
+
+
 def plot_suite_vs_total_params(df: pd.DataFrame) -> Figure:
   """Task loss (top) and accuracy (bottom) vs total parameters, memorization vs reasoning.
 
   Findings 2 and 3: memorization improves monotonically; reasoning task loss is U-shaped
-  and accuracy non-monotonic. Lines join runs of equal active parameters and budget.
+  and accuracy non-monotonic. Lines join runs of equal active parameters and budget. The
+  memorization panels plot what finding 2's verdict reads: QA on trained facts.
   """
   cols = ["total_params", "active_params", "top_k"] + [
-      f"{s}_{m}" for s in SUITE_LABELS for m in ("task_loss", "accuracy")]
-  runs = _runs(df, cols, "task loss and accuracy vs total parameters", "mem_task_loss")
+      _suite_metric(df, s, m) for s in SUITE_LABELS for m in ("task_loss", "accuracy")]
+  runs = _runs(df, cols, "task loss and accuracy vs total parameters", cols[-1])
   group = ["active_params", "top_k"] + (["train_flops"] if "train_flops" in runs else [])
   fig = Figure(figsize=(8.4, 6.4), layout="constrained")
   axes = fig.subplots(2, 2, sharex=True)
@@ -132,10 +179,12 @@ def plot_suite_vs_total_params(df: pd.DataFrame) -> Figure:
   for j, (suite, label) in enumerate(SUITE_LABELS.items()):
     for i, metric in enumerate(("task_loss", "accuracy")):
       ax = axes[i, j]
-      _lines_by(ax, runs.dropna(subset=[f"{suite}_{metric}"]), "total_params",
-                f"{suite}_{metric}", group, colors)
+      column = _suite_metric(runs, suite, metric)
+      _lines_by(ax, runs.dropna(subset=[column]), "total_params", column, group, colors)
       ax.set_xscale("log")
-      ax.set_ylabel(f"{label} {metric.replace('_', ' ')}")
+      ax.set_ylabel(f"{label} {metric.replace('_', ' ')}"
+                    + (" (trained facts)" if "_train_" in column else ""))
+    log_ticks(axes[1, j], runs["total_params"])
     axes[1, j].set_xlabel("total parameters")
   axes[0, 1].legend(title="top-k", fontsize=8)
   return fig
@@ -151,7 +200,11 @@ def plot_isoflop(df: pd.DataFrame, x_col: str = "total_params",
   ``x_col`` may be "total_params", "active_params" (log scale) or "sparsity" (log_x=False),
   ``loss_col`` the pre-training loss or a task loss (finding 5).
   """
-  runs = _runs(df, [budget_col, x_col, loss_col], "iso-FLOP curves", loss_col)
+  runs = _runs(df, [budget_col, x_col, loss_col, "active_params"], "iso-FLOP curves", loss_col)
+  budgets = isoflop.isoflop_budgets(runs, budget_col)
+  if not budgets:
+    raise ValueError("iso-FLOP curves: no budget of equal FLOPs with varied active sizes")
+  runs = pd.concat([b for _, b in budgets])
   optima = isoflop.isoflop_optima(runs, budget_col=budget_col, x_col=x_col,
                                   loss_col=loss_col, log_x=log_x,
                                   num_resamples=num_resamples, seed=seed)
@@ -183,7 +236,7 @@ def plot_isoflop(df: pd.DataFrame, x_col: str = "total_params",
                   yerr=[np.clip(table["x_opt"][ok] - table["x_opt_lo"][ok], 0, None),
                         np.clip(table["x_opt_hi"][ok] - table["x_opt"][ok], 0, None)],
                   fmt="o", capsize=3)
-  if ok.sum() >= 2:
+  if ok.sum() >= MIN_POINTS_FOR_FIT:
     fit = isoflop.optimum_scaling(optima)
     cs = np.geomspace(table["budget"][ok].min(), table["budget"][ok].max(), 50)
     slope, icpt = fit["slope"]["estimate"], fit["intercept"]["estimate"]
@@ -192,6 +245,7 @@ def plot_isoflop(df: pd.DataFrame, x_col: str = "total_params",
                 label=f"slope {slope:.2f} [{lo:.2f}, {hi:.2f}]")
     ax_opt.legend(fontsize=8)
   ax_opt.set_xscale("log")
+  log_ticks(ax_opt, table["budget"])
   ax_opt.set_xlabel("training FLOPs")
   ax_opt.set_ylabel(f"optimal {'log10 ' if log_x else ''}{x_col}")
   return fig
@@ -202,17 +256,18 @@ def plot_accuracy_vs_tpp(df: pd.DataFrame) -> Figure:
 
   Finding 3: reasoning peaks near TPP ~ 20 (dashed line).
   """
-  runs = _runs(df, ["tpp", "top_k", "mem_accuracy", "reason_accuracy"],
-               "accuracy vs tokens per parameter", "mem_accuracy")
+  runs = _runs(df, ["tpp", "top_k", *ACCURACY_COLS.values()],
+               "accuracy vs tokens per parameter", ACCURACY_COLS["mem"])
   fig = Figure(figsize=(8.4, 3.6), layout="constrained")
   axes = fig.subplots(1, 2, sharex=True)
   colors = _topk_colors(runs["top_k"])
   for ax, (suite, label) in zip(axes, SUITE_LABELS.items()):
     for k, g in runs.groupby("top_k"):
-      ax.scatter(g["tpp"], g[f"{suite}_accuracy"], color=colors[k], s=14, label=f"k={k}")
-      _uncertainty(ax, g, "tpp", f"{suite}_accuracy", colors[k])
+      ax.scatter(g["tpp"], g[ACCURACY_COLS[suite]], color=colors[k], s=14, label=f"k={k}")
+      _uncertainty(ax, g, "tpp", ACCURACY_COLS[suite], colors[k])
     ax.axvline(REASONING_PEAK_TPP, color="grey", ls="--", lw=1)
     ax.set_xscale("log")
+    log_ticks(ax, runs["tpp"])
     ax.set_xlabel("tokens per parameter")
     ax.set_ylabel(f"{label} accuracy")
   axes[1].legend(title="top-k", fontsize=8)
@@ -240,6 +295,7 @@ def plot_generalization_gaps(df: pd.DataFrame) -> Figure:
       axes[1, j].scatter(g[f"{suite}_task_loss"], g[f"{suite}_accuracy"], color=colors[k],
                          s=14, label=f"k={k}")
     axes[0, j].set_xscale("log")
+    log_ticks(axes[0, j], runs["total_params"])
     axes[0, j].set_xlabel("total parameters")
     axes[0, j].set_ylabel(f"{label} train - test accuracy")
     axes[1, j].set_xlabel(f"{label} task loss")
@@ -294,6 +350,77 @@ def plot_accuracy_vs_samples(df: pd.DataFrame) -> Figure:
   return fig
 
 
+def plot_optimal_sparsity(finding: dict) -> Figure:
+  """Finding 5: the optimal sparsity (1 - k/E) per iso-FLOP budget, by reasoning accuracy,
+  reasoning task loss and pre-training loss, with the verdict's intervals; the verdict's
+  trend line when three or more budgets have an optimum."""
+  numbers = finding["numbers"]
+  budgets = numbers.get("budgets") or []
+  if not budgets:
+    raise ValueError("optimal sparsity vs budget: no iso-FLOP budget")
+  fig = Figure(figsize=(5.6, 3.8), layout="constrained")
+  ax = fig.subplots()
+  c_C = np.array([b["budget"] for b in budgets])
+  metrics = (("reason_accuracy", "reasoning accuracy", "o"),
+             ("reason_task_loss", "reasoning task loss", "s"),
+             ("train_loss", f"pre-training loss ({numbers.get('loss_column')})", "^"))
+  for i, (key, label, marker) in enumerate(metrics):
+    est_C = np.array([b[key]["estimate"] for b in budgets], np.float64)
+    ci_C2 = np.array([[np.nan, np.nan] if b[key]["ci"][0] is None else b[key]["ci"]
+                      for b in budgets], np.float64)
+    x_C = c_C * 1.06 ** (i - 1)  # side by side
+    yerr = np.nan_to_num(np.stack([est_C - ci_C2[:, 0], ci_C2[:, 1] - est_C]).clip(min=0))
+    ax.errorbar(x_C, est_C, yerr=yerr, fmt=marker, ms=5, capsize=3, label=label)
+    trend = (numbers.get("trend_per_decade") or {}).get(key)
+    finite = np.isfinite(est_C)
+    if trend and finite.sum() >= MIN_POINTS_FOR_FIT and trend["estimate"] is not None:
+      log_c = np.log10(c_C[finite])
+      line = trend["estimate"] * (log_c - log_c.mean()) + est_C[finite].mean()
+      ax.plot(c_C[finite], line, ls="--", lw=1, color=ax.lines[-1].get_color())
+  ax.set_xscale("log")
+  log_ticks(ax, c_C)
+  ax.set_xlabel("training FLOPs (iso-FLOP budget)")
+  ax.set_ylabel("optimal sparsity 1 - k/E")
+  ax.set_title(f"finding 5: {finding['verdict']}", fontsize=9)
+  ax.legend(fontsize=7)
+  return fig
+
+
+def plot_gap_vs_hparams(df: pd.DataFrame, finding: dict | None = None) -> Figure:
+  """Finding 7: the reasoning generalization gap (train_eval minus test accuracy) against
+  learning rate and init scale (one line per model of the sweep, the other knob at its base
+  value) and against sparsity in the fixed-active families; the verdict in the title."""
+  # pylint: disable-next=import-outside-toplevel  (analysis is imported by moejax.study)
+  from moejax.study import verdict_common, verdicts_hparams
+  gap = verdicts_hparams.VERDICT_GAP
+  panels = {knob: verdicts_hparams.knob_rows(df, knob) for knob in verdicts_hparams.KNOBS}
+  if not any(panels.values()):
+    raise ValueError("generalization gap vs lr / init: no lr or init sweep")
+  fig = Figure(figsize=(10.5, 3.4), layout="constrained")
+  axes = fig.subplots(1, 3, sharey=True)
+  for ax, (knob, groups) in zip(axes, panels.items()):
+    for rows in groups:
+      label = f"d{rows['d_model'].iloc[0]} E{rows['num_experts'].iloc[0]} k{rows['top_k'].iloc[0]}"
+      ax.plot(rows[knob], verdicts_hparams.gap_values(rows, gap), "o-", ms=4, lw=1,
+              label=label)
+    ax.set_xscale("log")
+    log_ticks(ax, pd.concat(groups)[knob] if groups else [])
+    ax.set_xlabel(verdicts_hparams.KNOBS[knob])
+    if groups:
+      ax.legend(fontsize=7)
+  for family, runs in verdict_common.families(df, min_sizes=2).items():
+    sparsity = 1 - runs["top_k"] / runs["num_experts"]
+    axes[2].plot(sparsity, verdicts_hparams.gap_values(runs, gap), "o-", ms=4, lw=1,
+                 label=family)
+  axes[2].set_xlabel("sparsity 1 - k/E (fixed-active families)")
+  if axes[2].lines:
+    axes[2].legend(fontsize=7)
+  axes[0].set_ylabel("reasoning train - test accuracy")
+  if finding is not None:
+    fig.suptitle(f"finding 7: {finding['verdict']}", fontsize=9)
+  return fig
+
+
 STUDY_FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "loss_vs_total_params": plot_loss_vs_total_params,
     "suite_vs_total_params": plot_suite_vs_total_params,
@@ -303,19 +430,41 @@ STUDY_FIGURES: dict[str, Callable[[pd.DataFrame], Figure]] = {
     "generalization_gaps": plot_generalization_gaps,
     "accuracy_vs_samples": plot_accuracy_vs_samples,
 }
+# Figures drawn from a verdict (moejax.study.verdicts): name: (finding, draw(df, verdict)).
+VERDICT_FIGURES: dict[str, tuple[int, Callable[[pd.DataFrame, dict], Figure]]] = {
+    "optimal_sparsity_vs_budget": (5, lambda df, v: plot_optimal_sparsity(v)),
+    "gap_vs_lr_init": (7, plot_gap_vs_hparams),
+}
 
 
-def make_study_figures(df: pd.DataFrame, out_dir: str | Path) -> dict[str, dict]:
-  """Draws every figure of ``STUDY_FIGURES`` into ``out_dir`` (PNG + PDF).
+def _without_knob_sweep(df: pd.DataFrame) -> pd.DataFrame:
+  """``df`` less the learning-rate / init sweep's off-base runs (``lr`` and ``init_scale``
+  columns: init scale 1 and the most common learning rate are the base), which would put
+  several points of one model at one x in the size figures."""
+  if "lr" not in df or "init_scale" not in df or df["lr"].isna().all():
+    return df
+  base = np.isclose(df["init_scale"], 1.0) & np.isclose(df["lr"], df["lr"].mode().iloc[0])
+  return df[df["init_scale"].isna() | base]
+
+
+def make_study_figures(df: pd.DataFrame, out_dir: str | Path,
+                       verdicts: list[dict] | None = None) -> dict[str, dict]:
+  """Draws every figure of ``STUDY_FIGURES`` (and, given the study's ``verdicts``, of
+  ``VERDICT_FIGURES``) into ``out_dir`` (PNG + PDF).
 
   Returns:
     {figure name: {"png": path, "pdf": path}} for drawn figures and
     {figure name: {"skipped": reason}} for those whose columns or runs are missing.
   """
+  draws = {name: (draw, _without_knob_sweep(df)) for name, draw in STUDY_FIGURES.items()}
+  by_finding = {v["finding"]: v for v in verdicts or []}
+  for name, (finding, draw) in VERDICT_FIGURES.items():
+    if finding in by_finding:
+      draws[name] = (lambda table, draw=draw, v=by_finding[finding]: draw(table, v), df)
   out = {}
-  for name, draw in STUDY_FIGURES.items():
+  for name, (draw, table) in draws.items():
     try:
-      fig = draw(df)
+      fig = draw(table)
     except (MissingColumnsError, ValueError) as err:
       logging.warning("skipping figure %s: %s", name, err)
       out[name] = {"skipped": str(err)}

@@ -40,6 +40,25 @@ def budget_groups(flops_R: np.ndarray, rtol: float = 0.05) -> np.ndarray:
   return group_R
 
 
+def isoflop_budgets(df: pd.DataFrame, budget_col: str = "train_flops", rtol: float = 0.05,
+                    min_runs: int = 3) -> list[tuple[float, pd.DataFrame]]:
+  """(budget, runs) per iso-FLOP budget, budgets ascending: runs of equal training compute
+  (``budget_groups``) whose active parameters take two or more values, with at least
+  ``min_runs`` runs. A family of fixed active parameters trained for a fixed number of tokens
+  also spends equal FLOPs, but trades nothing against steps: it is not an iso-FLOP budget.
+  The budget is the median compute of its runs."""
+  if budget_col not in df or "active_params" not in df:
+    return []
+  sub = df[np.isfinite(pd.to_numeric(df[budget_col], errors="coerce"))]
+  groups = budget_groups(sub[budget_col].to_numpy(), rtol)
+  out = []
+  for g in np.unique(groups):
+    runs = sub[groups == g]
+    if len(runs) >= min_runs and runs["active_params"].nunique() >= 2:
+      out.append((float(np.median(runs[budget_col])), runs))
+  return sorted(out, key=lambda b: b[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class ParabolaOptimum:
   """One budget's parabola fit: vertex, its interval and the evidence behind it."""

@@ -38,6 +38,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       dtype="float32",            # compute dtype: float32 | bfloat16
       param_dtype="float32",
       remat="none",               # none | full | dots
+      init_scale=1.0,             # multiplies the fan-in init std (finding 7's init sweep)
   ))
   # Each derived field gets its own lazy reference: assigning one (e.g. num_kv_heads=1) must
   # not write through to another (a shared FieldReference would).

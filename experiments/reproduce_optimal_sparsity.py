@@ -1,10 +1,15 @@
 """Reproduce the reasoning-vs-memorization study of optimal MoE sparsity at small scale.
 
   python -m experiments.reproduce_optimal_sparsity --preset=tiny --workdir=runs/study
+  python -m experiments.reproduce_optimal_sparsity --preset=small --workdir=runs/small \
+      --processes=2    # all seven findings: + iso-FLOP and lr / init sweeps, >= 2 seeds
+                       # (configs/sweeps/optimal_sparsity.py:SMALL: ~1 hour on 2 cores)
 
 Trains the sweep ``configs/sweeps/optimal_sparsity.py:PRESET`` (finished runs are skipped),
 evaluates every model on the memorization and reasoning suites, fits the routed scaling law,
-draws the figures and writes DIR/report.md and DIR/summary.json.
+draws the figures and writes DIR/report.md and DIR/summary.json. Ends with a JSON line of the
+verdicts, a table of the seven verdicts (finding, verdict, one line of numbers) and the path of
+report.md.
 
   --grpo   also post-trains every finished model with GRPO on the reasoning suite and evaluates it
            again (grpo_* columns, DIR/sweep/runs/NAME/grpo.json; finished ones are reused).
@@ -12,16 +17,25 @@ draws the figures and writes DIR/report.md and DIR/summary.json.
            --grpo_config=configs/grpo.py:tiny --grpo_config.steps=60.
 """
 
-import json
+import os
 
-from absl import flags
-from ml_collections import config_flags
+# Before any library import: TensorFlow (pulled in by the data pipeline) prints CUDA and oneDNN
+# start-up messages otherwise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from configs import grpo as grpo_configs
-from experiments import cli
-from moejax.study.pipeline import run_study
+import json  # noqa: E402  (after the environment is set)
 
-_PRESET = flags.DEFINE_enum("preset", "tiny", ["tiny", "smoke", "isoflop_tiny"], "Sweep preset.")
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from configs import grpo as grpo_configs  # noqa: E402
+from experiments import cli  # noqa: E402
+from moejax.study import report  # noqa: E402
+from moejax.study.pipeline import run_study  # noqa: E402
+
+_PRESET = flags.DEFINE_enum("preset", "tiny", ["tiny", "smoke", "isoflop_tiny", "small"],
+                            "Sweep preset (configs/sweeps/optimal_sparsity.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory.", required=True)
 _PROCESSES = flags.DEFINE_integer("processes", 1, "Runs trained at a time (child processes).")
 _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "ray"], "Where runs execute.")
@@ -58,6 +72,9 @@ def main(argv):
                     **({"grpo_reason_accuracy": {
                         name: [row.get("reason_accuracy"), row.get("grpo_reason_accuracy")]
                         for name, row in summary["grpo"].items()}} if "grpo" in summary else {})}))
+  print(f"\nFindings (Nakamura et al. 2025; details in the report):\n"
+        f"{report.verdict_table(summary['verdicts'])}\n\n"
+        f"Report: {os.path.abspath(os.path.join(_WORKDIR.value, 'report.md'))}")
 
 
 if __name__ == "__main__":

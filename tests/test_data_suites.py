@@ -139,11 +139,12 @@ def test_reasoning_answers_and_worked_solutions_are_right(split):
   items = suites.examples(TINY, "reasoning", split)
   for ex in items:
     assert int(ex.answer) == _solve(ex.prompt)
-    steps = re.findall(r"\w+ = \d+ [-+*] \d+ = \d+\.", ex.target)
+    steps = re.findall(r"\w+ = \w+ [-+*] \w+ = \d+ [-+*] \d+ = \d+\.", ex.target)
     assert len(steps) == ex.difficulty
     assert ex.target.endswith(f"Answer: {ex.answer}")
     for step in steps:
-      a, op, b, c = re.match(r"\w+ = (\d+) ([-+*]) (\d+) = (\d+)", step).groups()
+      a, op, b, c = re.match(r"\w+ = \w+ [-+*] \w+ = (\d+) ([-+*]) (\d+) = (\d+)",
+                             step).groups()
       assert int(c) == {"+": int(a) + int(b), "-": int(a) - int(b),
                         "*": int(a) * int(b)}[op] % TINY.reasoning.modulus
 
@@ -160,6 +161,23 @@ def test_reasoning_test_is_disjoint_from_train_by_canonical_hash():
     assert {d: len(ps) for d, ps in probs[split].items()} == {d: per for d in (1, 2, 3, 4)}
   test_texts = {ex.prompt for ex in suites.examples(TINY, "reasoning", records.TEST)}
   assert not test_texts & {ex.prompt for ex in suites.examples(TINY, "reasoning", records.TRAIN)}
+
+
+def test_novelty_starts_at_novel_from():
+  # Modulus 5: one-operation problems are entries of three 5 x 5 tables (65 canonical forms up
+  # to commutation), fewer than the 200 asked for; drawn freely they may repeat and reach test.
+  cfg = presets.ReasoningConfig(modulus=5, min_ops=1, max_ops=3, train_per_difficulty=200,
+                                eval_per_difficulty=50, novel_from=2)
+  probs = reasoning.problems(cfg, 0)
+  forms = {s: {d: [p.canonical_hash for p in ps] for d, ps in probs[s].items()}
+           for s in (records.TRAIN, records.TEST)}
+  assert len(set(forms[records.TRAIN][1])) < 200  # repeats below novel_from
+  for d in (2, 3):
+    train, test = forms[records.TRAIN][d], forms[records.TEST][d]
+    assert len(set(train)) == len(train) == 200 and len(set(test)) == len(test) == 50
+    assert not set(train) & set(test)
+  with pytest.raises(ValueError, match="distinct problems with 1 operations"):
+    reasoning.problems(dataclasses.replace(cfg, novel_from=1), 0)
 
 
 def test_canonical_form_ignores_names_and_order():
@@ -201,8 +219,8 @@ _PINNED_SMOKE = {
     "memorization/train": "823836856dbe767f",
     "memorization/train_eval": "c4615cd6cc0b1f51",
     "memorization/test": "fa2c56a9abf4cec1",
-    "reasoning/train": "4f51d0c60943a244",
-    "reasoning/train_eval": "3f9ac2c4959b1076",
-    "reasoning/test": "f5d99bd22dea7933",
+    "reasoning/train": "1f3ec0c47cb48bd3",
+    "reasoning/train_eval": "7871078e079613bf",
+    "reasoning/test": "d0968a582f12dc40",
     "filler/train": "c41fa31803cade70",
 }

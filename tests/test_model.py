@@ -103,3 +103,29 @@ def test_layers_are_stacked_on_a_leading_axis(smoke_config):
   w = model.trunk.stages[0].blocks[1].ffn.experts.w_gate_EDF
   assert w.shape == (2, cfg.moe.num_experts, cfg.d_model, cfg.moe.d_ff)
   assert w.get_metadata()["out_sharding"] == ("layers", "expert", "embed", "mlp")
+
+
+def test_init_scale_multiplies_the_fan_in_init_std(smoke_config):
+  """model.init_scale = 1 is the default init bit for bit; s scales every fan-in-initialised
+  weight by s and leaves the embedding, router and norms alone."""
+  def params_of(scale=None):
+    model_cfg = smoke_config.model.copy_and_resolve_references()
+    if scale is None:
+      del model_cfg["init_scale"]  # a config written before the field existed
+    else:
+      model_cfg.init_scale = scale
+    model = MoELM.from_config(model_cfg, rngs=nnx.Rngs(0))
+    return {"/".join(map(str, path)): np.asarray(v.value)
+            for path, v in nnx.iter_graph(model) if isinstance(v, nnx.Param)}
+
+  default, one, doubled = params_of(), params_of(1.0), params_of(2.0)
+  assert default.keys() == one.keys() == doubled.keys()
+  for name in default:
+    np.testing.assert_array_equal(default[name], one[name])
+  scaled = [n for n in default if not np.array_equal(default[n], doubled[n])]
+  assert any("unembed" in n for n in scaled) and any("expert" in n.lower() for n in scaled)
+  assert not any("embed/embedding" in n or "router" in n or "norm" in n for n in scaled)
+  for name in scaled:
+    np.testing.assert_allclose(doubled[name], 2 * default[name], rtol=1e-6)
+  with pytest.raises(ValueError, match="positive"):
+    params_of(0.0)

@@ -51,9 +51,11 @@ def test_tiny_grid_has_fixed_active_families_and_dense_baselines():
   df = _frame(optimal_sparsity.get_sweep("tiny"))
   moe = df[df.num_experts > 1]
   assert moe.top_k.nunique() >= 2 and moe.active_params.nunique() >= 2
-  for _, family in df.groupby("family"):
+  df["seed"] = df.name.str.extract(r"-s(\d+)$", expand=False)
+  assert df.seed.nunique() >= 2  # the trend must not hang on one seed
+  for _, family in df.groupby(["family", "seed"]):
     assert family.active_params.nunique() == 1  # dense baseline included
-    assert (family.num_experts == 1).sum() == 1  # one dense baseline per family
+    assert (family.num_experts == 1).sum() == 1  # one dense baseline per family and seed
     moe = family[family.num_experts > 1].sort_values("num_experts")
     assert len(moe) >= 3 and moe.total_params.is_monotonic_increasing
     assert moe.total_params.is_unique
@@ -71,6 +73,36 @@ def test_isoflop_runs_spend_equal_flops_at_varied_sparsity():
   # The analysis groups budgets the same way.
   from analysis import isoflop  # pylint: disable=import-outside-toplevel
   assert len(np.unique(isoflop.budget_groups(df.train_flops.to_numpy()))) == df.family.nunique()
+  # ... as iso-FLOP budgets, and never as families of fixed active parameters (findings 1-3).
+  from moejax.study import verdict_common  # pylint: disable=import-outside-toplevel
+  assert len(isoflop.isoflop_budgets(df)) == df.family.nunique()
+  assert verdict_common.families(df) == {}
+
+
+def test_small_preset_holds_every_finding_and_follows_tiny():
+  runs = optimal_sparsity.get_sweep("small")
+  spec.validate(runs)
+  df = _frame(runs)
+  tiny = _frame(optimal_sparsity.get_sweep("tiny"))
+  assert df["seed"].nunique() >= 2
+  from analysis import isoflop  # pylint: disable=import-outside-toplevel
+  from moejax.study import (  # pylint: disable=import-outside-toplevel
+      verdict_common, verdicts_hparams)
+  one_seed = df[df["seed"] == df["seed"].min()]
+  assert len(isoflop.isoflop_budgets(one_seed)) >= 3  # trends are fittable
+  assert set(verdict_common.families(one_seed)) == set(tiny["family"])  # budgets are not families
+  for knob in ("lr", "init_scale"):
+    rows = verdicts_hparams.knob_rows(one_seed, knob)
+    assert len(rows) == 2 and all(r[knob].nunique() == 3 for r in rows)
+  # TINY's data and training settings carry over.
+  for r in runs:
+    assert r.config.data.preset == optimal_sparsity.TINY["data"]["preset"]
+    assert r.config.data.batch_size == optimal_sparsity.TINY["data"]["batch_size"]
+  changed = {**optimal_sparsity.TINY, "train": {**optimal_sparsity.TINY["train"], "steps": 400},
+             "seeds": (3, 4, 5)}
+  again = optimal_sparsity.small(changed)
+  assert {r.config.seed for r in again} == {3, 4, 5}
+  assert max(r.config.train.steps for r in again if r.family.startswith("d")) == 400
 
 
 def test_overrides_and_validation():

@@ -9,11 +9,15 @@ Presets (``get_sweep(preset)``):
                 parameters grow with E, each with a dense baseline of the same active size.
   isoflop_tiny  equal training FLOPs per budget (steps chosen by moejax.counting), varied
                 sparsity and active size.
+  small         all seven findings in one command (``SMALL``): the tiny families, an iso-FLOP
+                sweep of three budgets and a learning-rate / init-scale sweep, on TINY's data,
+                model, optimiser, training and evaluation settings, with at least two seeds.
   smoke         three runs of seconds on synthetic tokens (tests).
 
 Families (the ``family`` column): ``d{D}-k{K}`` holds fixed active parameters (and a fixed FLOP
 budget, since every run of a preset trains the same tokens); iso-FLOP runs form one family
-``C{budget}`` per budget.
+``C{budget}`` per budget; the lr / init sweep's runs form ``hp-d{D}-E{E}-k{K}``. The study
+selects groups by what they hold (moejax/study/verdict_common.py), not by these names.
 
   python -m experiments.sweep --sweep=configs/sweeps/optimal_sparsity.py:paper --list
   python -m experiments.sweep --sweep=configs/sweeps/optimal_sparsity.py:tiny --workdir=DIR
@@ -25,7 +29,7 @@ from configs import lm_moe
 from moejax import counting
 from moejax.sweeps.spec import make_run, steps_for_flops
 
-PRESETS = ("paper", "tiny", "isoflop_tiny", "smoke")
+PRESETS = ("paper", "tiny", "isoflop_tiny", "small", "smoke")
 
 # The paper grid (Nakamura et al. 2025, arXiv 2508.18672: 65 trained models).
 PAPER_D_MODELS = (512, 1024, 2048)
@@ -34,22 +38,23 @@ PAPER_TOP_KS = (2, 4, 8, 16)
 PAPER_NOT_TRAINED = ((2048, 256),)  # (d_model, E)
 
 # The tiny CPU study: every knob that sets its cost is here. Tune steps and batch together.
-# Two active sizes come from top-k 1 vs 2 at d_model 64 (8 runs). Adding 128 to d_models crosses
-# active size with top-k (16 runs; a d128 step costs ~3x a d64 step). The "study" data preset
-# has few enough facts that each is seen ~30 times as QA and ~30 in biographies in 800 steps
-# (moejax/data/presets.py). At a fixed token budget, 800 steps of 16 sequences memorise far
-# more than 400 of 32 (measured: E=16 top-1 on 96 people, QA accuracy 1.0 vs 0.70).
+# Two active sizes come from top-k 1 vs 2 at d_model 64 (8 runs per seed). Adding 128 to d_models
+# crosses active size with top-k (16 runs; a d128 step costs ~3x a d64 step). In 800 steps of 16
+# sequences each fact of the "study" data preset is seen ~20 times as QA and ~20 in biographies.
+# lr 5e-3 with 4 heads of 16 (instead of 2e-3 and 2 heads of 32) took the dense model's QA
+# accuracy on seen facts from 0.14 to 0.69 at the same cost (docs/calibration.md). Two seeds
+# (init and data order): the memorization trend must not hang on one.
 TINY = dict(
     d_models=(64,),
     top_ks=(1, 2),
     num_experts=(4, 8, 16),    # total parameters grow at fixed active parameters
     dense_baseline=True,       # a dense model with d_ff = k * expert_d_ff per family
-    seeds=(0,),
-    model=dict(num_layers=2, vocab_size=384),
+    seeds=(0, 1),
+    model=dict(num_layers=2, vocab_size=384, head_dim=16),
     data=dict(preset="study", batch_size=16, seq_len=128),
-    optim=dict(warmup_steps=20),
+    optim=dict(lr=5e-3, min_lr=5e-4, warmup_steps=20),
     train=dict(steps=800, log_every=40, checkpoint_every=400, eval_batches=8),
-    eval=dict(max_items=256),  # 256 of the 480 QA facts per split; all 96 problems
+    eval=dict(max_items=256),  # 256 of the 480 QA facts per split; all 96 test problems
 )
 # Iso-FLOP: each budget is "REFERENCE trained for N steps"; every model gets the steps that
 # spend the same FLOPs (rounded, so budgets agree to < 1% with >= 50 steps per run).
@@ -60,6 +65,30 @@ ISOFLOP_TINY = dict(
     seeds=(0,),
     model=TINY["model"], data=TINY["data"], optim=TINY["optim"],
     train=dict(log_every=10, checkpoint_every=100, eval_batches=4),
+)
+# The larger CPU study (--preset=small): every finding. It reads TINY at call time, so TINY's
+# data, model, optimiser, steps, batch and evaluation carry over; seeds are TINY's (at least 2).
+#   iso-FLOP     budgets = the reference (d128 dense) trained for these fractions of TINY's steps
+#                (chosen so that no budget is within 10% of a tiny family's FLOPs: a budget
+#                group must not absorb a family); six models per budget.
+#   lr / init    each model of ``hparam_models`` at TINY's lr times ``lr_factors`` (min_lr
+#                likewise) and at init scales ``init_scales`` (model.init_scale), the other knob
+#                at its base value; the base point is the tiny family's run.
+# Cost, from the tiny preset's measured ~1 core-minute per d64 run of 800 steps (idle box) and
+# FLOPs: per seed the tiny families ~10 d64-run equivalents, the iso-FLOP sweep ~16 (budgets
+# 0.375, 0.75 and 1.5 d64 runs, x6 models), the lr / init sweep 8, plus ~0.3 core-min of
+# evaluation per run (34 runs): ~40 core-minutes per seed, ~80 for two seeds, i.e. about 45-60
+# minutes on 2 cores with --processes=2 at TINY's 800 steps (budget: 2 hours; scale with
+# TINY's steps). Not measured end to end.
+SMALL = dict(
+    isoflop_models=ISOFLOP_TINY["models"],
+    isoflop_reference=(128, 1, 1),
+    isoflop_step_fractions=(1 / 8, 1 / 4, 1 / 2),
+    isoflop_train=dict(log_every=10),
+    hparam_models=((64, 1, 1), (64, 16, 1)),  # (d_model, E, k): dense and the sparsest
+    lr_factors=(1 / 3, 3.0),
+    init_scales=(0.5, 2.0),
+    min_seeds=2,
 )
 SMOKE = dict(
     models=((1, 1), (2, 1), (4, 1)),  # (E, k); E = 1 means dense
@@ -122,6 +151,54 @@ def isoflop_tiny(p=None):
   return runs
 
 
+def _small_seeds(tiny_p) -> tuple[int, ...]:
+  seeds = tuple(tiny_p["seeds"])
+  return seeds + tuple(s for s in range(max(seeds) + 1, max(seeds) + 1 + SMALL["min_seeds"])
+                       )[:max(0, SMALL["min_seeds"] - len(seeds))]
+
+
+def _tag_knobs(run):
+  run.tags.update(lr=float(run.config.optim.lr), init_scale=float(run.config.model.init_scale))
+  return run
+
+
+def small(tiny_p=None, p=None):
+  """The tiny families + an iso-FLOP sweep + an lr / init sweep (``SMALL``), on ``tiny_p``
+  (default TINY) with at least ``SMALL["min_seeds"]`` seeds."""
+  p = p or SMALL
+  tiny_p = {**(tiny_p or TINY)}
+  tiny_p["seeds"] = _small_seeds(tiny_p)
+  base = lm_moe.get_config("tiny")
+  families = [_tag_knobs(r) for r in tiny(tiny_p)]
+  iso_p = dict(models=p["isoflop_models"], reference=p["isoflop_reference"],
+               reference_steps=tuple(max(1, round(f * tiny_p["train"]["steps"]))
+                                     for f in p["isoflop_step_fractions"]),
+               seeds=tiny_p["seeds"], model=tiny_p["model"], data=tiny_p["data"],
+               optim=tiny_p.get("optim", {}), eval=tiny_p.get("eval", {}),
+               train={**tiny_p["train"], **p["isoflop_train"]})
+  budgets = isoflop_tiny(iso_p)
+  family_flops = {counting.summary(r.config)["train_flops"] for r in families}
+  for run in budgets:
+    budget = run.tags["flop_budget"]
+    if any(abs(budget / f - 1) < 0.1 for f in family_flops):
+      raise ValueError(f"iso-FLOP budget {budget:.3g} is within 10% of a tiny family's FLOPs; "
+                       "change SMALL['isoflop_step_fractions']")
+  hparams = []
+  for seed in tiny_p["seeds"]:
+    for d, e, k in p["hparam_models"]:
+      knobs = [("lr", f) for f in p["lr_factors"]] + [("init", s) for s in p["init_scales"]]
+      for knob, value in knobs:
+        run = _run(base, tiny_p, seed, family=f"hp-d{d}-E{e}-k{k}", model=_model(d, e, k),
+                   suffix=f"-{knob}{value:.3g}")
+        if knob == "lr":
+          run.config.optim.lr *= value
+          run.config.optim.min_lr *= value
+        else:
+          run.config.model.init_scale = value
+        hparams.append(_tag_knobs(run))
+  return families + budgets + hparams
+
+
 def smoke():
   base = lm_moe.get_config("smoke")
   d = base.model.d_model
@@ -133,4 +210,5 @@ def get_sweep(preset: str = "tiny"):
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r} for configs/sweeps/optimal_sparsity.py; "
                      f"choose from {PRESETS}")
-  return {"paper": paper, "tiny": tiny, "isoflop_tiny": isoflop_tiny, "smoke": smoke}[preset]()
+  return {"paper": paper, "tiny": tiny, "isoflop_tiny": isoflop_tiny, "small": small,
+          "smoke": smoke}[preset]()

@@ -16,11 +16,14 @@ same hashes on any machine (with the pinned numpy, sentencepiece and TensorFlow)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import sys
+import tempfile
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -63,8 +66,39 @@ def _token_digest(split: str, sequences: list[np.ndarray], digest) -> None:
     digest.update(seq.astype("<i4").tobytes())
 
 
+# TensorFlow Text's SentencePiece kernel logs this line from C++ each time seqio loads the
+# tokenizer (identity normalization is deliberate, tokenizer.py); Python cannot silence it.
+_KNOWN_NOISE = b"precompiled_charsmap is empty"
+
+
+@contextlib.contextmanager
+def _stderr_without(noise: bytes) -> Iterator[None]:
+  """Runs the block with file descriptor 2 captured, then writes back every captured line
+  that does not contain ``noise`` (C++ libraries write to the descriptor, not sys.stderr)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = [line for line in captured.read().splitlines(keepends=True) if noise not in line]
+      if kept:
+        sys.stderr.buffer.write(b"".join(kept))
+        sys.stderr.flush()
+
+
 def _cache_tasks(data_dir: str, preset: str) -> dict[str, Any]:
   """Reads every split through seqio, writes the token cache, returns per-task statistics."""
+  with _stderr_without(_KNOWN_NOISE):
+    return _read_back_tasks(data_dir, preset)
+
+
+def _read_back_tasks(data_dir: str, preset: str) -> dict[str, Any]:
   import seqio  # pylint: disable=import-outside-toplevel
   from moejax.data import seqio_tasks  # pylint: disable=import-outside-toplevel
   seqio_tasks.register(data_dir, preset)

@@ -8,10 +8,9 @@ Presets:
   smoke  builds in seconds; for tests.
   tiny   single tiny runs on a CPU (configs/lm_moe.py:tiny): 512 people, modulus-23 problems.
   study  the data of the tiny sparsity study (configs/sweeps/optimal_sparsity.py:tiny): 192
-         people x 5 attributes, so that in 800 steps of 16 x 128 tokens each fact is seen ~30
-         times as QA and ~30 times in a biography: a d_model-64 dense model then answers about
-         a third to a half of the QA facts and E=16 MoEs most of them (measured); modulus-7
-         problems.
+         people x 5 attributes, so that in 800 steps of 16 x 128 tokens each fact is seen ~20
+         times as QA and ~20 times in a biography; modulus-7 problems of 1-3 operations from a
+         pool too large to memorise. docs/calibration.md records how it was chosen.
   small  4x the population of tiny and longer problems; for a laptop-sized GPU or a TPU host.
 
 To add a preset, add an entry to ``PRESETS`` here: the tfds builders create one BuilderConfig per
@@ -27,7 +26,7 @@ import math
 from typing import Any
 
 # Version of the generators; the tfds builders carry it, the manifest records it.
-DATA_VERSION = "1.0.0"
+DATA_VERSION = "1.2.0"
 
 SUITES = ("memorization", "reasoning", "filler")
 
@@ -88,6 +87,12 @@ class ReasoningConfig:
     train_per_difficulty: training problems per difficulty.
     eval_per_difficulty: problems per difficulty in ``test`` (new) and ``train_eval`` (a copy of
       training problems).
+    novel_from: the smallest difficulty whose test problems must be new computations (a
+      canonical form no training problem has) and whose training problems are all distinct.
+      Below it problems are drawn freely: with a small modulus a one-operation problem is one
+      entry of an operation table (3 p^2 of them), which training covers, so there a test
+      problem is new only in its names and statement order.
+    operations: the operations problems use, a subset of "+-*".
   """
   modulus: int = 23
   min_ops: int = 1
@@ -95,6 +100,8 @@ class ReasoningConfig:
   max_inputs: int = 3
   train_per_difficulty: int = 1000
   eval_per_difficulty: int = 100
+  novel_from: int = 1
+  operations: str = "+-*"
 
   @property
   def difficulties(self) -> tuple[int, ...]:
@@ -170,11 +177,13 @@ PRESETS: dict[str, Preset] = {
             attributes=(("birth_date", 0), ("birth_city", 32), ("university", 32), ("major", 16),
                         ("employer", 32)),
             date_days=8, date_years=4, bios_per_person=1),
-        reasoning=ReasoningConfig(modulus=7, min_ops=1, max_ops=3, train_per_difficulty=60,
-                                  eval_per_difficulty=32),
+        # A pool of 6,000 worked problems: 800 steps of 16 x 128 tokens at half the mixture read
+        # each about once, so none can be memorised (docs/calibration.md).
+        reasoning=ReasoningConfig(modulus=7, min_ops=1, max_ops=3, train_per_difficulty=2000,
+                                  eval_per_difficulty=32, novel_from=2),
         filler=FillerConfig(num_docs=100),
         vocab_size=384,
-        mixture=(("memorization", 0.7), ("reasoning", 0.3), ("filler", 0.0)),
+        mixture=(("memorization", 0.5), ("reasoning", 0.5), ("filler", 0.0)),
     ),
     "small": Preset(
         name="small",

@@ -5,9 +5,10 @@ leaves are a few named quantities; each operation defines a new named quantity, 
 statements come in a random order that respects the dependencies. The difficulty is ``d``, the
 number of operations the solution must carry out. Example (p = 23, d = 2)::
 
-  prompt  Problem (mod 23): pens = 12. cats = 7. cups = cats + pens. jars = cups * cats.
+  prompt  Problem (mod 23): pens = 12. cats = 7. (1) cups = cats + pens. (2) jars = cups * cats.
           Find jars. Solution:
-  target   cups = 7 + 12 = 19. jars = 19 * 7 = 18. Answer: 18
+  target   (1) cups = cats + pens = 7 + 12 = 19. cups = 19. (2) jars = cups * cats = 19 * 7 = 18.
+          jars = 18. Answer: 18
 
 Splits: ``train`` holds worked problems (the solution is part of the text), ``train_eval`` is the
 first ``eval_per_difficulty`` training problems of each difficulty (train side of the gap),
@@ -92,11 +93,16 @@ class Problem:
 
   def example(self, uid: str) -> records.Example:
     statements = [f"{n} = {v}." for n, v in self.inputs]
-    statements += [f"{n} = {a} {op} {b}." for n, op, a, b in self.steps]
+    statements += [f"({i}) {n} = {a} {op} {b}." for i, (n, op, a, b) in enumerate(self.steps, 1)]
     prompt = (f"Problem (mod {self.modulus}): {' '.join(statements)} "
               f"Find {self.steps[-1][0]}. Solution:")
     vals = self.values()
-    work = [f"{n} = {vals[a]} {op} {vals[b]} = {vals[n]}." for n, op, a, b in self.steps]
+    # A scratchpad at the granularity of a two-layer model (docs/calibration.md): step (i)
+    # copies operation (i), its operands' values, the result, and restates the result as
+    # "name = value." as the inputs are given, so every solution token is a copy found by
+    # one lookup in the context, or one operation-table entry.
+    work = [f"({i}) {n} = {a} {op} {b} = {vals[a]} {op} {vals[b]} = {vals[n]}. {n} = {vals[n]}."
+            for i, (n, op, a, b) in enumerate(self.steps, 1)]
     return records.Example(
         uid=uid, kind="problem", prompt=prompt,
         target=f" {' '.join(work)} Answer: {self.answer}", answer=str(self.answer),
@@ -118,7 +124,7 @@ def _random_problem(num_ops: int, cfg: presets.ReasoningConfig, gen) -> Problem:
       return ("in", slots.pop())
     left = int(gen.integers(size))
     left_node, right_node = build(left), build(size - 1 - left)
-    ops.append((_OPS[gen.integers(len(_OPS))], left_node, right_node))
+    ops.append((cfg.operations[gen.integers(len(cfg.operations))], left_node, right_node))
     return ("op", len(ops) - 1)
 
   build(num_ops)
@@ -148,6 +154,8 @@ def _sample_distinct(num_ops: int, count: int, cfg: presets.ReasoningConfig, gen
                      exclude: set[str]) -> list[Problem]:
   """``count`` problems of ``num_ops`` operations whose canonical hashes are new to ``exclude``."""
   found: list[Problem] = []
+  if num_ops < cfg.novel_from:  # operation-table level: drawn freely (presets.ReasoningConfig)
+    return [_random_problem(num_ops, cfg, gen) for _ in range(count)]
   attempts = 0
   while len(found) < count:
     attempts += 1
@@ -170,6 +178,9 @@ def problems(cfg: presets.ReasoningConfig, seed: int) -> dict[str, dict[int, lis
   """
   if cfg.min_ops < 1 or cfg.max_ops < cfg.min_ops or cfg.max_inputs < 2:
     raise ValueError(f"Invalid reasoning difficulty range or inputs: {cfg}")
+  if not cfg.operations or set(cfg.operations) - set(_OPS):
+    raise ValueError(f"Reasoning operations {cfg.operations!r} must be a non-empty subset of "
+                     f"{''.join(_OPS)!r}")
   if cfg.max_ops + cfg.max_inputs > len(words.NOUNS):
     raise ValueError(f"Problems need at most {len(words.NOUNS)} quantities")
   seen: set[str] = set()

@@ -12,6 +12,9 @@ the first six below are the columns analysis/results_schema.py reads:
   reason{split}_accuracy_d{N}         accuracy by difficulty (number of operations)
   mem{split}_accuracy_{attribute}     accuracy by attribute
   reason_chance_accuracy              1/p, the accuracy of guessing a residue mod p
+  reason_majority_accuracy            the accuracy of always answering the test items' most
+                                      common answer (above 1/p: a product is 0 whenever a
+                                      factor is)
   reason_sc{n}_accuracy[_d{N}], reason_pass_at_{k}
                                       majority vote over the first n of ``sc_samples`` sampled
                                       answers per reasoning test item (n in ``sc_ns`` and
@@ -38,6 +41,7 @@ writes them beside eval.json as ``ITEMS_FILENAME``), arrays over the split's N i
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Sequence
 
 import numpy as np
@@ -147,6 +151,9 @@ def evaluate_suites(model: model_io.Model, tokenizer: tokenizer_lib.Tokenizer | 
                                                 cardinality)
     if suite == "reasoning":  # answers are residues mod p: guessing scores 1/p
       out["reason_chance_accuracy"] = 1.0 / suites.metadata(suite, preset)["modulus"]
+      if split == records.TEST:  # the best constant guess (products pile up on 0)
+        answers = collections.Counter(it.answer for it in items)
+        out["reason_majority_accuracy"] = answers.most_common(1)[0][1] / len(items)
   bar.close()
   if knowledge:
     out.update(_knowledge_metrics(knowledge, num_params or model_io.num_params(states)))

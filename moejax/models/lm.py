@@ -23,6 +23,7 @@ from flax import nnx
 
 from moejax import sharding
 from moejax.errors import require
+from moejax.layers import params as params_lib
 from moejax.layers.attention import attention_mask, cache_attention_mask
 from moejax.layers.embeddings import Embed, OutputHead
 from moejax.layers.norms import RMSNorm
@@ -69,7 +70,10 @@ class MoELM(nnx.Module):
 
   @classmethod
   def from_config(cls, model: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> "MoELM":
-    return cls(model.vocab_size, trunk_config(model), rngs=rngs)
+    """``model.init_scale`` (default 1) multiplies the std of every fan-in-initialised weight
+    (attention, FFN, experts, output head; not the embedding, router or norms)."""
+    with params_lib.init_scale(model.get("init_scale", 1.0)):
+      return cls(model.vocab_size, trunk_config(model), rngs=rngs)
 
   def __call__(self, ids_BT, positions_BT=None, segment_ids_BT=None):
     if positions_BT is None:

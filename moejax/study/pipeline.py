@@ -83,7 +83,9 @@ def run_study(sweep_spec: str, workdir: str, *, preset: str, processes: int = 1,
   except Exception as e:  # pylint: disable=broad-except  (a failed fit is reported, not fatal)
     logging.warning("fit failed: %s", e)
     fits = {"clark": f"fit failed: {e}"}
-  figures = make_study_figures(models, os.path.join(workdir, "figures")) if len(done) else {}
-  return report.write(workdir, df, models, verdicts.all_verdicts(models, boot), figures, fits,
+  found = verdicts.all_verdicts(models, boot)
+  figures = (make_study_figures(models, os.path.join(workdir, "figures"), found) if len(done)
+             else {})
+  return report.write(workdir, df, models, found, figures, fits,
                       {"preset": preset, "intervals": boot.settings(),
                        "wall_time_s": time.time() - start, **grpo_extra})

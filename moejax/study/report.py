@@ -96,6 +96,21 @@ def accuracy_intervals(models: pd.DataFrame) -> dict[str, dict[str, dict]]:
   return out
 
 
+def difficulty_section(models: pd.DataFrame) -> list[str]:
+  """Report lines: reasoning test accuracy per model by difficulty (number of operations), so a
+  reader sees where each model stops, with the guessing baselines."""
+  columns = table_columns(models, ("name", "reason_accuracy_d*"))
+  if len(columns) < 2:
+    return []
+  baselines = [f"{label} {models[col].max():.3f}" for col, label in (
+      ("reason_chance_accuracy", "guessing a residue (1/p)"),
+      ("reason_majority_accuracy", "always giving the most common answer"))
+               if col in models and models[col].notna().any()]
+  return ["", "## Reasoning accuracy by difficulty (operations per problem)", "",
+          markdown_table(models, columns), "",
+          "Baselines: " + (", ".join(baselines) or "none recorded") + "."]
+
+
 def json_safe(value: Any) -> Any:
   """``value`` with non-finite floats as None (strict JSON) and numpy scalars unwrapped."""
   if isinstance(value, dict):
@@ -107,6 +122,70 @@ def json_safe(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
+
+
+def _fmt(value: Any, fmt: str = "+.2f") -> str:
+  return f"{value:{fmt}}" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
+
+
+def _estimate(entry: Any, fmt: str = "+.3f") -> str:
+  """``estimate [lo, hi]`` of an interval dict (``{"estimate", "ci"}``), or n/a."""
+  if not isinstance(entry, dict):
+    return "n/a"
+  text = _fmt(entry.get("estimate"), fmt)
+  lo, hi = entry.get("ci") or (None, None)
+  if text != "n/a" and _fmt(lo) != "n/a" and _fmt(hi) != "n/a":
+    text += f" [{lo:{fmt}}, {hi:{fmt}}]"
+  return text
+
+
+def headline(v: dict) -> str:
+  """One number line per finding, for the verdict table a person reads first."""
+  n = v.get("numbers", {})
+  finding = v["finding"]
+  if finding == 1:
+    return (f"mean Spearman of {n.get('column', 'loss')} with total params "
+            f"{_fmt(n.get('mean_spearman'))}")
+  if finding == 2:
+    return ("mean Spearman of memorization accuracy with total params "
+            + _estimate({"estimate": n.get("mean_spearman"), "ci": n.get("mean_spearman_ci")},
+                        "+.2f"))
+  if finding == 3:
+    shapes = n.get("shapes") or {}
+    rhos = [r for r in (n.get("spearman") or {}).values() if _fmt(r) != "n/a"]
+    return (f"interior peak in {n.get('interior_peaks', 0)}/{len(shapes)} families, U-shaped "
+            f"task loss in {n.get('u_shaped_task_loss', 0)}/{len(shapes)}; mean Spearman of "
+            f"accuracy {_fmt(float(np.mean(rhos)) if rhos else None)}")
+  if finding == 4:
+    return (f"train-loss change {_fmt(n.get('mean_loss_change'), '+.1%')} at fixed total; "
+            "equal-loss accuracy change (larger k) "
+            f"{_fmt(n.get('equal_loss_mean_change'), '+.3f')}")
+  if finding == 5:
+    trend = (n.get("trend_per_decade") or {}).get("reason_accuracy")
+    return (f"{len(n.get('budgets', []))} budgets; accuracy-optimal sparsity per decade "
+            f"{_estimate(trend)}")
+  if finding == 6:
+    parts = []
+    if "mean_gain" in n:
+      gain = {"estimate": n["mean_gain"], "ci": n.get("mean_gain_ci")}
+      parts.append(f"SC gain {_estimate(gain)}, order Spearman {_fmt(n.get('order_spearman'))}")
+    if n.get("grpo"):
+      parts.append(f"GRPO gain {_fmt(n['grpo'].get('mean_gain'), '+.3f')}, order Spearman "
+                   f"{_fmt(n['grpo'].get('order_spearman'))}")
+    return "; ".join(parts) or "no self-consistency or GRPO results"
+  if finding == 7:
+    gap = (n.get("effects") or {}).get("reason_accuracy_gap", {})
+    return ("reasoning gap change: " + ", ".join(f"{k} {_estimate(e)}" for k, e in gap.items())
+            if gap else "no lr / init sweep")
+  return ""
+
+
+def verdict_table(verdicts: list[dict]) -> str:
+  """A plain-text table: finding, verdict, one line of numbers."""
+  rows = [("finding", "verdict", "numbers")] + [
+      (str(v["finding"]), v["verdict"], headline(v)) for v in verdicts]
+  widths = [max(len(r[i]) for r in rows) for i in range(2)]
+  return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
 
 
 def write(workdir: str, runs: pd.DataFrame, models: pd.DataFrame, verdicts: list[dict],
@@ -153,6 +232,7 @@ def write(workdir: str, runs: pd.DataFrame, models: pd.DataFrame, verdicts: list
             "Accuracies and task losses: estimate [95% percentile-bootstrap interval over "
             "evaluation items] ± standard deviation over seeds (with several seeds; the "
             "estimate is then the seed mean). summary.json lists every interval."]
+  lines += difficulty_section(models)
   if len(unfinished):
     lines += ["", "Unfinished runs: " + ", ".join(
         f"{r['name']} ({r['status']})" for _, r in unfinished.iterrows()) + "."]

@@ -16,7 +16,8 @@ import pandas as pd
 _SEED_SUFFIX = re.compile(r"-s\d+$")
 # Metrics whose spread over seeds is reported (per-difficulty and per-attribute breakdowns are
 # averaged but get no spread columns).
-_SPREAD = re.compile(r"^(final_eval_loss|final_train_loss|.+_accuracy|.+_task_loss)$")
+_SPREAD = re.compile(r"^(final_eval_loss|final_train_loss|train_loss_tail|.+_accuracy|"
+                     r".+_task_loss)$")
 
 
 def model_name(run_name: str) -> str:

@@ -3,14 +3,16 @@
 The table has one row per model (``seeds.by_model``: metrics averaged over seeds), so seeds
 are never counted as different total sizes. Each verdict is ``{"finding", "verdict",
 "numbers", "statement"}`` where ``verdict`` is "reproduced", "not reproduced",
-"inconclusive" or "not tested"; the statement is plain text with the numbers. Families are
-models of equal active parameters (``family`` column, e.g. ``d64-k1``): within one, total
-parameters grow with the number of experts.
+"inconclusive" or "not tested"; the statement is plain text with the numbers. Each finding
+reads only the groups its definition allows (``verdict_common``): findings 1 to 4 the
+fixed-active families, finding 5 the iso-FLOP budgets (``verdicts_budget``), finding 6 the
+models with self-consistency or GRPO results (``verdicts_posttrain``), finding 7 the
+learning-rate / initialisation sweep (``verdicts_hparams``).
 
 With an ``intervals.ItemBootstrap`` (per-item results of the runs), statistics built from
-accuracies get 95% percentile-bootstrap intervals over evaluation items, and a statistic
-compared with a threshold is "inconclusive" when its interval holds values on both sides of
-the threshold (the items cannot tell). Intervals cover item sampling only, not seeds.
+accuracies and task losses get 95% percentile-bootstrap intervals over evaluation items, and a
+statistic compared with a threshold is "inconclusive" when its interval holds values on both
+sides of the threshold (the items cannot tell). Intervals cover item sampling only, not seeds.
 Correlations of constant accuracies (e.g. all zero) are undefined, not zero: such families
 are left out, and a finding with none left is "inconclusive".
 
@@ -26,131 +28,44 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from analysis.results_schema import sc_accuracy_columns
-from moejax.study.intervals import ItemBootstrap, rank_correlation
+from moejax.study.intervals import ItemBootstrap
+from moejax.study.verdict_common import (
+    REASON_COL, REASON_LOSS_COL, TRAIN_LOSS_COL, against, ci_text, decide, estimate_text,
+    families, family_spearman, mean_finite, reasoning_at_chance, rho_text, spearman_intervals,
+    statistic_interval, train_loss_column, verdict)
+from moejax.study.verdicts_budget import iso_flop
+from moejax.study.verdicts_hparams import hyperparameters
+from moejax.study.verdicts_posttrain import test_time_compute
 
 MEMORIZATION_COL = "mem_train_accuracy"
-ORDER_KEPT = 0.5  # Spearman between the models' accuracies at the smallest and largest n
+LOSS_EFFECT_SMALL = 0.03  # finding 4: |relative change of training loss| deemed "barely"
+EQUAL_LOSS_POINTS = 5  # common training losses at which finding 4 compares top-k
 
 
-def families(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-  """Runs of equal active parameters with at least 3 distinct total sizes, by group."""
-  out = {}
-  for group, runs in df.groupby("family"):
-    if runs["total_params"].nunique() >= 3:
-      out[str(group)] = runs.sort_values("total_params")
-  return out
-
-
-def family_spearman(df: pd.DataFrame, column: str) -> dict[str, float]:
-  """Spearman correlation of ``column`` with total parameters, per family (NaN when the
-  column is constant within the family)."""
-  out = {}
-  for group, runs in families(df).items():
-    if column in runs and runs[column].notna().sum() >= 3:
-      rho = (stats.spearmanr(runs["total_params"], runs[column], nan_policy="omit").statistic
-             if runs[column].nunique() > 1 else np.nan)
-      out[group] = float(rho)
-  return out
-
-
-def _mean(values: dict[str, float]) -> float:
-  finite = [v for v in values.values() if np.isfinite(v)]
-  return float(np.mean(finite)) if finite else float("nan")
-
-
-def spearman_intervals(df: pd.DataFrame, column: str,
-                       boot: ItemBootstrap | None) -> dict[str, dict]:
-  """Bootstrap intervals of ``family_spearman`` per family and of their mean ("mean"):
-  items are resampled jointly for all models, and resamples where a correlation is undefined
-  (ties everywhere) are left out of its interval."""
-  rhos = family_spearman(df, column)
-  fams = families(df)
-  reps = {g: boot.replicates_of(column, fams[g]["name"]) if boot is not None else None
-          for g in rhos}
-  empty = {"estimate": float("nan"), "se": float("nan"), "ci": [float("nan"), float("nan")]}
-  if not rhos or any(r is None for r in reps.values()):
-    return {**{g: {**empty, "estimate": r} for g, r in rhos.items()},
-            "mean": {**empty, "estimate": _mean(rhos)}}
-  per_family = {g: rank_correlation(fams[g]["total_params"].to_numpy(float), reps[g])
-                for g in rhos}
-  out = {g: boot.interval(rhos[g], reps) for g, reps in per_family.items()}
-  out["mean"] = boot.interval(_mean(rhos), pd.DataFrame(per_family).mean(axis=1).to_numpy())
-  return out
-
-
-def _against(estimate: float, ci, threshold: float) -> str:
-  """"reproduced" when ``estimate`` >= ``threshold``, else "not reproduced"; "inconclusive"
-  when the estimate is undefined or its interval holds values on both sides of the
-  threshold."""
-  if not np.isfinite(estimate):
-    return "inconclusive"
-  lo, hi = ci
-  if np.isfinite(lo) and np.isfinite(hi) and lo < threshold <= hi:
-    return "inconclusive"
-  return "reproduced" if estimate >= threshold else "not reproduced"
-
-
-def _rho_text(rho: float) -> str:
-  return f"{rho:+.2f}" if np.isfinite(rho) else "undefined"
-
-
-def _ci_text(ci) -> str:
-  lo, hi = ci
-  return f" [95% CI {lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
-
-
-def _verdict(finding: int, verdict: str, statement: str, **numbers) -> dict[str, Any]:
-  return {"finding": finding, "verdict": verdict, "statement": statement, "numbers": numbers}
-
-
-def reasoning_at_chance(df: pd.DataFrame) -> str | None:
-  """A sentence saying that no model's reasoning accuracy is above guessing (its 95% interval
-  over items reaches the chance level 1/p), or None when some model is above chance. Reasoning
-  verdicts read from noise around chance would be spurious."""
-  if "reason_accuracy" not in df or "reason_chance_accuracy" not in df:
-    return None
-  acc = df["reason_accuracy"].to_numpy(float)
-  if "reason_accuracy_lo" in df:
-    lower = df["reason_accuracy_lo"].to_numpy(float)
-  else:  # normal approximation over the evaluated items
-    count = df.get("reason_count", pd.Series(np.nan, index=df.index)).to_numpy(float)
-    lower = acc - 1.96 * np.sqrt(acc * (1 - acc) / count)
-  chance = float(df["reason_chance_accuracy"].max())
-  if not np.isfinite(lower).any() or np.nanmax(lower) > chance:
-    return None
-  return (f"Reasoning accuracy is at chance for every model (best {np.nanmax(acc):.3f}, chance "
-          f"1/p = {chance:.3f}; every 95% interval reaches chance): the reasoning suite was not "
-          "learned beyond guessing at this budget, so this finding cannot be read.")
-
-
-TRAIN_LOSS_COL = "train_loss_tail"
-
-
-def loss_vs_total(df: pd.DataFrame) -> dict[str, Any]:
+def loss_vs_total(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dict[str, Any]:
   """Finding 1 on the pre-training loss, i.e. the loss on the training distribution. The paper
   trains for less than one epoch, where that equals a held-out loss; the tiny study repeats its
   data ~30 times, and its held-out split holds facts about new people (unpredictable by
   construction), so the training loss (``train_loss_tail``) is the faithful quantity. The
-  held-out loss is reported beside it."""
-  column = TRAIN_LOSS_COL if TRAIN_LOSS_COL in df and df[TRAIN_LOSS_COL].notna().all() else (
-      "final_eval_loss")
+  held-out loss is reported beside it. Pre-training losses have no item bootstrap."""
+  del boot
+  column = train_loss_column(df)
   rhos = family_spearman(df, column)
   if not rhos:
-    return _verdict(1, "inconclusive", "No family has three total sizes.")
-  mean = _mean(rhos)
-  held_out = _mean(family_spearman(df, "final_eval_loss"))
-  verdict = ("inconclusive" if not np.isfinite(mean)
+    return verdict(1, "inconclusive", "No family of fixed active parameters has three total "
+                   "sizes.")
+  mean = mean_finite(rhos)
+  held_out = mean_finite(family_spearman(df, "final_eval_loss"))
+  outcome = ("inconclusive" if not np.isfinite(mean)
              else "reproduced" if mean <= -0.5 else "not reproduced")
   name = ("training loss (mean over the last 10% of steps)" if column == TRAIN_LOSS_COL
           else "held-out loss")
-  return _verdict(1, verdict, f"Pre-training {name} vs total parameters at fixed active "
-                  f"parameters: mean Spearman {mean:+.2f} over {len(rhos)} families (negative = "
-                  f"loss falls as total parameters grow); held-out loss on the test split: "
-                  f"{_rho_text(held_out)}.", spearman=rhos, mean_spearman=mean, column=column,
-                  held_out_mean_spearman=held_out)
+  return verdict(1, outcome, f"Pre-training {name} vs total parameters at fixed active "
+                 f"parameters: mean Spearman {mean:+.2f} over {len(rhos)} families (negative = "
+                 f"loss falls as total parameters grow; reproduced at <= -0.50); held-out loss "
+                 f"on the test split: {rho_text(held_out)}.", spearman=rhos,
+                 mean_spearman=mean, column=column, held_out_mean_spearman=held_out)
 
 
 def memorization_vs_total(df: pd.DataFrame, boot: ItemBootstrap | None = None
@@ -158,170 +73,197 @@ def memorization_vs_total(df: pd.DataFrame, boot: ItemBootstrap | None = None
   rhos = family_spearman(df, MEMORIZATION_COL)
   test_rhos = family_spearman(df, "mem_accuracy")
   if not rhos:
-    return _verdict(2, "inconclusive", "No memorization accuracy was measured.",
-                    mean_spearman=float("nan"), mean_spearman_ci=[float("nan")] * 2)
-  intervals = spearman_intervals(df, MEMORIZATION_COL, boot)
-  mean, ci = intervals["mean"]["estimate"], intervals["mean"]["ci"]
+    return verdict(2, "inconclusive", "No memorization accuracy was measured in a family of "
+                   "fixed active parameters.", mean_spearman=float("nan"),
+                   mean_spearman_ci=[float("nan")] * 2)
+  found = spearman_intervals(df, MEMORIZATION_COL, boot)
+  mean, ci = found["mean"]["estimate"], found["mean"]["ci"]
   defined = sum(np.isfinite(r) for r in rhos.values())
   if not defined:
-    return _verdict(2, "inconclusive", "Memorization QA accuracy is constant within every "
-                    f"family ({len(rhos)}; e.g. all zero): no trend with total parameters to "
-                    "rank.", spearman=rhos, mean_spearman=mean, mean_spearman_ci=ci)
-  return _verdict(2, _against(mean, ci, 0.8), f"Memorization QA accuracy vs total parameters "
-                  f"at fixed active parameters: mean Spearman {mean:+.2f}{_ci_text(ci)} over "
-                  f"{defined} families (held-out biography-only facts: "
-                  f"{_rho_text(_mean(test_rhos))}); reproduced at >= +0.80.", spearman=rhos,
-                  spearman_ci={g: v["ci"] for g, v in intervals.items() if g != "mean"},
-                  mean_spearman=mean, mean_spearman_ci=ci, test_split_spearman=test_rhos)
+    return verdict(2, "inconclusive", "Memorization QA accuracy is constant within every "
+                   f"family ({len(rhos)}; e.g. all zero): no trend with total parameters to "
+                   "rank.", spearman=rhos, mean_spearman=mean, mean_spearman_ci=ci)
+  return verdict(2, against(mean, ci, 0.8), f"Memorization QA accuracy vs total parameters "
+                 f"at fixed active parameters: mean Spearman {mean:+.2f}{ci_text(ci)} over "
+                 f"{defined} families (held-out biography-only facts: "
+                 f"{rho_text(mean_finite(test_rhos))}); reproduced at >= +0.80.",
+                 spearman=rhos, spearman_ci={g: v["ci"] for g, v in found.items() if g != "mean"},
+                 mean_spearman=mean, mean_spearman_ci=ci, test_split_spearman=test_rhos)
 
 
-def reasoning_vs_total(df: pd.DataFrame) -> dict[str, Any]:
-  rhos = family_spearman(df, "reason_accuracy")
+def interior_advantage(values_MX: np.ndarray) -> np.ndarray:
+  """[X]: the best interior model's lead over both ends, ``max_i min(v_i - v_0, v_i - v_last)``
+  over interior rows i (rows sorted by total parameters). Positive: an interior peak."""
+  interior_IX = values_MX[1:-1]
+  return np.max(np.minimum(interior_IX - values_MX[:1], interior_IX - values_MX[-1:]), axis=0)
+
+
+def reasoning_vs_total(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dict[str, Any]:
+  """Finding 3: reasoning saturates or regresses with total parameters at fixed active ones.
+
+  Per family: Spearman of reasoning accuracy and of task loss with total parameters, and the
+  shape: ``interior_advantage`` of accuracy (an interior peak) and of minus the task loss (a
+  U-shaped loss), each with its interval over items. Reproduced when some family has an
+  interior peak or a U-shaped task loss whose advantage is established above 0; not reproduced
+  when every family's two shape statistics are established below 0 (an end model beats every
+  interior one: monotone); else inconclusive."""
+  rhos = family_spearman(df, REASON_COL)
   if not rhos:
-    return _verdict(3, "inconclusive", "No reasoning accuracy was measured.")
+    return verdict(3, "inconclusive", "No reasoning accuracy was measured in a family of "
+                   "fixed active parameters.")
   if not any(np.isfinite(r) for r in rhos.values()):
-    return _verdict(3, "inconclusive", "Reasoning accuracy is constant within every family "
-                    f"({len(rhos)}; e.g. all zero): no shape to read.", spearman=rhos)
+    return verdict(3, "inconclusive", "Reasoning accuracy is constant within every family "
+                   f"({len(rhos)}; e.g. all zero): no shape to read.", spearman=rhos)
+  acc_rho = spearman_intervals(df, REASON_COL, boot)
+  loss_rho = spearman_intervals(df, REASON_LOSS_COL, boot) if REASON_LOSS_COL in df else {}
+  shapes, signs = {}, []
+  for group, runs in families(df).items():
+    if group not in rhos:
+      continue
+    peak = statistic_interval(runs, [REASON_COL],
+                              lambda v: interior_advantage(v[REASON_COL]), boot)
+    u_shape = statistic_interval(runs, [REASON_LOSS_COL],
+                                 lambda v: interior_advantage(-v[REASON_LOSS_COL]), boot)
+    shapes[group] = {"accuracy_peak_advantage": peak, "task_loss_u_depth": u_shape}
+    signs.append((decide(peak), decide(u_shape)))
+  peaks = sum(p == 1 for p, _ in signs)
+  u_shapes = sum(u == 1 for _, u in signs)
+  monotone = sum(p == -1 and u == -1 for p, u in signs)
   at_chance = reasoning_at_chance(df)
   if at_chance:
-    return _verdict(3, "inconclusive", at_chance, spearman=rhos)
-  interior_peaks, u_shapes = 0, 0
-  for runs in families(df).values():
-    acc = runs["reason_accuracy"].to_numpy()
-    loss = runs.get("reason_task_loss", pd.Series(dtype=float)).to_numpy()
-    interior_peaks += int(0 < int(np.nanargmax(acc)) < len(acc) - 1)
-    if loss.size and np.isfinite(loss).all():
-      u_shapes += int(0 < int(np.nanargmin(loss)) < len(loss) - 1)
-  mean = _mean(rhos)
-  saturating = interior_peaks > 0 or mean < _mean(family_spearman(df, MEMORIZATION_COL))
-  verdict = "reproduced" if saturating and (interior_peaks or u_shapes) else "not reproduced"
-  return _verdict(3, verdict, f"Reasoning accuracy vs total parameters: mean Spearman "
-                  f"{mean:+.2f}; accuracy peaks inside the range in {interior_peaks} of "
-                  f"{len(rhos)} families; reasoning task loss is U-shaped (interior minimum) in "
-                  f"{u_shapes}.", spearman=rhos, interior_peaks=interior_peaks,
-                  u_shaped_task_loss=u_shapes)
+    outcome = "inconclusive"
+  elif peaks or u_shapes:
+    outcome = "reproduced"
+  else:
+    outcome = "not reproduced" if monotone == len(signs) else "inconclusive"
+  per_family = "; ".join(
+      f"{g}: accuracy Spearman {estimate_text(acc_rho[g], '+.2f')}, interior peak lead "
+      f"{estimate_text(s['accuracy_peak_advantage'])}, task-loss Spearman "
+      f"{estimate_text(loss_rho.get(g, {'estimate': np.nan, 'ci': [np.nan] * 2}), '+.2f')}, "
+      f"U depth {estimate_text(s['task_loss_u_depth'])}" for g, s in shapes.items())
+  statement = (f"Reasoning vs total parameters at fixed active parameters ({per_family}). "
+               f"An interior peak of accuracy is established in {peaks} of {len(signs)} "
+               f"families and a U-shaped task loss in {u_shapes}; {monotone} are monotone "
+               "(both leads below 0). Reproduced when a peak or U is established (lead's "
+               "interval above 0)." + (f" {at_chance}" if at_chance else ""))
+  return verdict(3, outcome, statement, spearman=rhos,
+                 spearman_ci={g: v["ci"] for g, v in acc_rho.items() if g != "mean"},
+                 task_loss_spearman={g: v["estimate"] for g, v in loss_rho.items()
+                                     if g != "mean"},
+                 shapes=shapes, interior_peaks=peaks, u_shaped_task_loss=u_shapes,
+                 monotone_families=monotone)
 
 
-def top_k_effect(df: pd.DataFrame) -> dict[str, Any]:
-  moe = df[df["num_experts"] > 1]
-  pairs = []
-  for (d_model, experts), runs in moe.groupby(["d_model", "num_experts"]):
-    if runs["top_k"].nunique() >= 2:
-      lo, hi = runs.sort_values("top_k").iloc[[0, -1]].itertuples()
-      pairs.append({"d_model": int(d_model), "num_experts": int(experts),
-                    "loss_change": float(hi.final_eval_loss / lo.final_eval_loss - 1),
-                    "reason_change": float(getattr(hi, "reason_accuracy", np.nan)
-                                           - getattr(lo, "reason_accuracy", np.nan))})
-  if not pairs:
-    return _verdict(4, "inconclusive", "No (d_model, E) cell was trained at two top-k values.")
-  loss_change = float(np.mean([p["loss_change"] for p in pairs]))
-  reason_change = float(np.nanmean([p["reason_change"] for p in pairs]))
-  small_loss_effect = abs(loss_change) < 0.03
-  verdict = "reproduced" if small_loss_effect and reason_change > 0 else "not reproduced"
-  at_chance = reasoning_at_chance(df)
-  verdict = "inconclusive" if at_chance else verdict
-  return _verdict(4, verdict, f"Raising top-k at fixed (d_model, E) changed held-out loss by "
-                  f"{loss_change:+.1%} on average and reasoning accuracy by "
-                  f"{reason_change:+.3f} over {len(pairs)} cells. Note: in this grid a larger k "
-                  "also means more active parameters." + (f" {at_chance}" if at_chance else ""),
-                  pairs=pairs)
+def _family_top_k(runs: pd.DataFrame) -> int:
+  """A family's top-k: its MoE models' (a dense baseline has d_ff = k * expert d_ff)."""
+  moe = runs[runs["num_experts"] > 1]
+  return int(moe["top_k"].max()) if len(moe) else 1
 
 
-def iso_flop(df: pd.DataFrame) -> dict[str, Any]:
-  budgets = df["family"].astype(str).str.startswith("C").sum() if "family" in df else 0
-  if not budgets:
-    return _verdict(5, "not tested", "This preset trains no iso-FLOP sweep "
-                    "(configs/sweeps/optimal_sparsity.py:isoflop_tiny runs one).")
-  return _verdict(5, "inconclusive", "Iso-FLOP runs present; see the iso-FLOP figure.")
+def interpolate_at(x_M: np.ndarray, y_MX: np.ndarray, grid_G: np.ndarray) -> np.ndarray:
+  """Piecewise-linear ``y(x)`` at ``grid_G`` for every column of ``y_MX`` -> [G, X]."""
+  order = np.argsort(x_M, kind="stable")
+  x_M, y_MX = x_M[order], y_MX[order]
+  idx_G = np.clip(np.searchsorted(x_M, grid_G, side="right") - 1, 0, len(x_M) - 2)
+  dx_G = x_M[idx_G + 1] - x_M[idx_G]
+  w_G = np.where(dx_G > 0, (grid_G - x_M[idx_G]) / np.where(dx_G > 0, dx_G, 1), 0.0)
+  return y_MX[idx_G] * (1 - w_G[:, None]) + y_MX[idx_G + 1] * w_G[:, None]
 
 
-def _sparsest_deficits(df: pd.DataFrame, column: str) -> dict[str, float]:
-  """Per family (>= 2 sparsity levels): best accuracy minus the sparsest model's accuracy."""
-  out = {}
-  for group, runs in df.groupby("family"):
-    sparsity = 1 - runs["top_k"] / runs["num_experts"].clip(lower=1)
-    if sparsity.nunique() >= 2:
-      out[str(group)] = float(runs[column].max() - runs.loc[sparsity.idxmax(), column])
+def _equal_loss_pairs(df: pd.DataFrame, loss_col: str, boot) -> list[dict[str, Any]]:
+  """Per d_model with families of two top-k: reasoning accuracy of the larger-k family minus
+  the smaller-k one's, both interpolated in training loss at ``EQUAL_LOSS_POINTS`` common
+  losses spanning their overlap, averaged (with its interval over items)."""
+  by_d: dict[int, dict[int, pd.DataFrame]] = {}
+  for runs in families(df, min_sizes=2).values():
+    by_d.setdefault(int(runs["d_model"].iloc[0]), {})[_family_top_k(runs)] = runs
+  out = []
+  for d_model, by_k in sorted(by_d.items()):
+    if len(by_k) < 2:
+      continue
+    (k_lo, low), (k_hi, high) = sorted(by_k.items())[0], sorted(by_k.items())[-1]
+    loss_lo, loss_hi = low[loss_col].to_numpy(float), high[loss_col].to_numpy(float)
+    span = [max(loss_lo.min(), loss_hi.min()), min(loss_lo.max(), loss_hi.max())]
+    entry = {"d_model": d_model, "k_low": k_lo, "k_high": k_hi, "loss_range": span}
+    if not span[0] < span[1]:
+      out.append({**entry, "reason_change": None})
+      continue
+    grid_G = np.linspace(*span, EQUAL_LOSS_POINTS)
+    both = pd.concat([low, high])
+
+    def change(v, n=len(low)):
+      acc_MX = v[REASON_COL]
+      return (interpolate_at(loss_hi, acc_MX[n:], grid_G)
+              - interpolate_at(loss_lo, acc_MX[:n], grid_G)).mean(axis=0)
+
+    out.append({**entry, "reason_change": statistic_interval(both, [REASON_COL], change, boot)})
   return out
 
 
-def test_time_compute(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dict[str, Any]:
-  """Finding 6 (self-consistency part): majority vote over more samples raises reasoning
-  accuracy but keeps the models' order, and does not lift the sparsest model of a family."""
-  cols = sc_accuracy_columns(df)
-  ns = list(cols)
-  grpo = " GRPO post-training is not part of this verdict."
-  if len(ns) < 2:
-    return _verdict(6, "not tested", "Self-consistency was not evaluated at two or more n "
-                    "(config.eval.sc_samples, config.eval.sc_ns)." + grpo)
-  runs = df.dropna(subset=list(cols.values()))
-  if len(runs) < 2:
-    return _verdict(6, "inconclusive", "Fewer than two models have self-consistency results."
-                    + grpo)
-  lo_n, hi_n = ns[0], ns[-1]
-  acc = {n: runs[c].to_numpy(float) for n, c in cols.items()}
-  reps = {n: boot.replicates_of(c, runs["name"]) if boot is not None else None
-          for n, c in cols.items()}
-  mean_by_n = {n: float(a.mean()) for n, a in acc.items()}
-  gain = mean_by_n[hi_n] - mean_by_n[lo_n]
-  paired = reps[lo_n] is not None and reps[hi_n] is not None
-  gain_ci = (boot.interval(gain, (reps[hi_n] - reps[lo_n]).mean(axis=0))["ci"] if paired
-             else [float("nan")] * 2)
-  order = {n: float(rank_correlation(acc[lo_n], acc[n][:, None])[0]) for n in ns}
-  order_ci = (boot.interval(order[hi_n], np.array([
-      rank_correlation(x, y[:, None])[0] for x, y in zip(reps[lo_n].T, reps[hi_n].T)]))["ci"]
-              if paired else [float("nan")] * 2)
-  deficits = {n: _sparsest_deficits(runs, cols[n]) for n in (lo_n, hi_n)}
-  trailed = [g for g, d in deficits[lo_n].items() if d > 0]
-  rescued = sorted(g for g in trailed if deficits[hi_n][g] <= 0)
-  ranking = {n: runs.sort_values(c, ascending=False, kind="stable")["name"].tolist()
-             for n, c in cols.items()}
-  raises = gain_ci[0] > 0 if np.isfinite(gain_ci[0]) else gain > 0
-  lowers = gain_ci[1] < 0 if np.isfinite(gain_ci[1]) else gain < 0
-  why = ""
-  at_chance = reasoning_at_chance(runs)
-  if not np.isfinite(order[hi_n]):
-    verdict = "inconclusive"
-    why = " Accuracies are equal across models at some n (e.g. all zero): no order to compare."
-  elif at_chance:
-    verdict, why = "inconclusive", f" {at_chance}"
-  elif raises and (order[hi_n] < ORDER_KEPT or rescued):
-    verdict = "not reproduced"
-  elif raises:
-    verdict = "reproduced"
+def top_k_effect(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dict[str, Any]:
+  """Finding 4: top-k barely moves pre-training loss, and at equal training loss a larger k
+  reasons better.
+
+  At fixed total parameters (same d_model and E, smallest vs largest k): the relative change
+  of the training loss and the change of reasoning accuracy (interval over items). At equal
+  training loss: ``_equal_loss_pairs``. Reproduced when the mean loss change is below
+  ``LOSS_EFFECT_SMALL`` and the equal-loss accuracy change is established above 0; not
+  reproduced when the loss moves more or the equal-loss change is established below 0."""
+  loss_col = train_loss_column(df)
+  moe = df[df["num_experts"] > 1]
+  cells = []
+  for (d_model, experts), runs in moe.groupby(["d_model", "num_experts"]):
+    if runs["top_k"].nunique() >= 2:
+      cells.append(runs.sort_values("top_k").iloc[[0, -1]])
+  equal_loss = [p for p in _equal_loss_pairs(df, loss_col, boot) if p["reason_change"]]
+  if not cells and not equal_loss:
+    return verdict(4, "inconclusive", "No (d_model, E) cell was trained at two top-k values "
+                   "and no two families of one d_model overlap in training loss.")
+  pairs = [{"d_model": int(c["d_model"].iloc[0]), "num_experts": int(c["num_experts"].iloc[0]),
+            "loss_change": float(c[loss_col].iloc[1] / c[loss_col].iloc[0] - 1)}
+           for c in cells]
+  fixed_total = {"estimate": float("nan"), "ci": [float("nan")] * 2}
+  if cells:
+    stacked = pd.concat([c.iloc[[0]] for c in cells] + [c.iloc[[1]] for c in cells])
+    fixed_total = statistic_interval(
+        stacked, [REASON_COL], lambda v: (v[REASON_COL][len(cells):]
+                                          - v[REASON_COL][:len(cells)]).mean(axis=0), boot)
+  loss_change = float(np.mean([p["loss_change"] for p in pairs])) if pairs else float("nan")
+  eq_est = float(np.mean([p["reason_change"]["estimate"] for p in equal_loss])) if equal_loss \
+      else float("nan")
+  eq_signs = [decide(p["reason_change"]) for p in equal_loss]
+  loss_small = abs(loss_change) < LOSS_EFFECT_SMALL if pairs else None
+  at_chance = reasoning_at_chance(df)
+  if at_chance:
+    outcome = "inconclusive"
+  elif (loss_small is False) or (eq_signs and all(s == -1 for s in eq_signs)):
+    outcome = "not reproduced"
+  elif loss_small and eq_signs and all(s == 1 for s in eq_signs):
+    outcome = "reproduced"
   else:
-    verdict = "not reproduced" if lowers else "inconclusive"
-  curve = ", ".join(f"n={n}: {mean_by_n[n]:.3f}" for n in ns)
-  statement = (f"Majority vote over n sampled answers (mean reasoning accuracy over "
-               f"{len(runs)} models: {curve}; greedy "
-               f"{runs.get('reason_accuracy', pd.Series(np.nan)).mean():.3f}) changed accuracy "
-               f"by {gain:+.3f}"
-               f"{_ci_text(gain_ci)} from n={lo_n} to n={hi_n}; the models' order at n={hi_n} "
-               f"vs n={lo_n} has Spearman {_rho_text(order[hi_n])}{_ci_text(order_ci)} (kept "
-               f"at >= "
-               f"{ORDER_KEPT:+.2f}); the sparsest model of a family became its best in "
-               f"{len(rescued)} of {len(trailed)} families where it trailed at n={lo_n}."
-               f"{why}{grpo}")
-  return _verdict(6, verdict, statement, ns=ns, mean_accuracy_by_n=mean_by_n, mean_gain=gain,
-                  mean_gain_ci=gain_ci, order_spearman_by_n=order, order_spearman=order[hi_n],
-                  order_spearman_ci=order_ci, sparsest_deficit_by_n=deficits,
-                  rescued_families=rescued, ranking_by_n=ranking)
+    outcome = "inconclusive"
+  eq_text = ("; ".join(f"d{p['d_model']} k={p['k_high']} minus k={p['k_low']} over training "
+                       f"losses {p['loss_range'][0]:.3f}-{p['loss_range'][1]:.3f}: "
+                       f"{estimate_text(p['reason_change'])}" for p in equal_loss)
+             or "no two families of one d_model overlap in training loss")
+  statement = (f"At fixed total parameters (same d_model and E, {len(pairs)} cells), raising "
+               f"top-k changed the {loss_col} by {loss_change:+.1%} on average (barely moves "
+               f"at < {LOSS_EFFECT_SMALL:.0%}) and reasoning accuracy by "
+               f"{estimate_text(fixed_total)} (a larger k also means more active parameters). "
+               f"At equal training loss, reasoning accuracy of the larger k minus the smaller: "
+               f"{eq_text}. Reproduced when the loss barely moves and the equal-loss change is "
+               "above 0." + (f" {at_chance}" if at_chance else ""))
+  return verdict(4, outcome, statement, pairs=pairs, loss_column=loss_col,
+                 mean_loss_change=loss_change, fixed_total_reason_change=fixed_total,
+                 equal_loss=equal_loss, equal_loss_mean_change=eq_est)
 
 
-def hyperparameters(df: pd.DataFrame) -> dict[str, Any]:
-  del df
-  return _verdict(7, "not tested", "Learning-rate and initialisation sweeps are not part of "
-                  "this preset.")
-
-
-FINDINGS: tuple[Callable[[pd.DataFrame], dict[str, Any]], ...] = (
+FINDINGS: tuple[Callable[..., dict[str, Any]], ...] = (
     loss_vs_total, memorization_vs_total, reasoning_vs_total, top_k_effect, iso_flop,
     test_time_compute, hyperparameters)
-_WITH_INTERVALS = (memorization_vs_total, test_time_compute)
 
 
 def all_verdicts(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> list[dict[str, Any]]:
   """Every finding's verdict from the model table (``seeds.by_model``); ``boot`` adds
   intervals over evaluation items."""
-  return [finding(df, boot) if finding in _WITH_INTERVALS else finding(df)
-          for finding in FINDINGS]
+  return [finding(df, boot) for finding in FINDINGS]
