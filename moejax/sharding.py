@@ -57,6 +57,11 @@ def use_rules(rules: Rules) -> Iterator[None]:
     _RULES.reset(token)
 
 
+def active_rules() -> tuple:
+  """The active logical->mesh table (empty outside ``use_rules``)."""
+  return _RULES.get()
+
+
 def logical_to_spec(axes: Sequence[str | None], rules: Rules | None = None,
                     mesh_axes: Sequence[str] | None = None) -> PartitionSpec:
   """Maps logical axis names to a PartitionSpec; unknown names are replicated.
