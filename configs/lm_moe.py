@@ -95,7 +95,8 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   cfg.aux_loss_weights = aux_loss_weights()
   cfg.train = ml_collections.ConfigDict(dict(
       steps=29_803, log_every=10, checkpoint_every=500, keep_checkpoints=3, eval_batches=8,
-      progress_bar=True))
+      progress_bar=True,
+      microbatches=1))  # gradient accumulation (moejax/training/step.py)
   # Evaluation after training on the data suites (moejax/evaluation/): QA and reasoning
   # accuracy by greedy generation, task losses, knowledge bits; sc_samples > 0 samples that
   # many answers per reasoning test item: majority vote of the first n for n in sc_ns and
