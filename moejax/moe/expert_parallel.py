@@ -159,12 +159,7 @@ def mesh_layout(mesh, num_rows: int):
 
 def _weight_spec(variable, keep: tuple[str, ...]) -> PartitionSpec:
   """The in_spec of an expert weight: its sharding less the mesh axes not in ``keep``."""
-  axes = tuple(variable.get_metadata().get("out_sharding") or ())
-  if len(axes) > variable.ndim:  # inside the scan over a layer stack: one layer's slice
-    axes = tuple(a for a in axes if a != "layers")
-  if len(axes) != variable.ndim:
-    raise ValueError(f"an expert weight of shape {variable.shape} has logical axes {axes}")
-  spec = sharding.logical_to_spec(axes)
+  spec = sharding.logical_to_spec(sharding.variable_axes(variable) or ())
   return PartitionSpec(*(tuple(a for a in _axes(s) if a in keep) or None for s in spec))
 
 

@@ -21,7 +21,8 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh=None, compile_: b
   """Lowers (and compiles) the config's train step on ``mesh`` (default: 1 device).
 
   Returns {"lower_s", "hlo_text"} (the lowered StableHLO) and, compiled, {"compile_s",
-  "argument_bytes"} (the executable's input size: train state and batch).
+  "argument_bytes", "temp_bytes"} (the executable's input size: train state and batch; its
+  temporaries).
   """
   mesh = mesh or sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
   graphdef = model_graphdef(config)
@@ -46,4 +47,5 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh=None, compile_: b
         memory = compiled.memory_analysis()
         if memory is not None:
           timings["argument_bytes"] = memory.argument_size_in_bytes
+          timings["temp_bytes"] = memory.temp_size_in_bytes
   return timings

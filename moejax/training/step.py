@@ -80,10 +80,8 @@ def split_microbatches(batch: dict, microbatches: int) -> dict:
 def _like_params(tree):
   """``tree`` (a gradient) with each Variable constrained to its parameter's logical axes."""
   def constrain(variable):
-    axes = variable.get_metadata().get("out_sharding")
-    if not axes or len(axes) != variable.ndim:
-      return variable
-    return variable.replace(sharding.constrain(variable[...], axes))
+    axes = sharding.variable_axes(variable)
+    return variable if axes is None else variable.replace(sharding.constrain(variable[...], axes))
   return jax.tree.map(constrain, tree, is_leaf=lambda v: isinstance(v, nnx.Variable))
 
 
