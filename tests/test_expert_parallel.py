@@ -140,3 +140,20 @@ def test_microbatches_give_the_update_of_one_batch():
   for a, b in moments:
     scale = float(jnp.max(jnp.abs(a))) if a.size else 0.0
     assert float(jnp.max(jnp.abs(a - b), initial=0.0)) <= 2e-6 * max(scale, 1e-12)
+
+
+@pytest.mark.slow
+def test_checkpoints_move_between_meshes(tmp_path):
+  """Saved on (data 8), resumed on (expert 4, data 2), saved there and resumed on (data 8): the
+  restored state is bitwise the saved one whatever the mesh, and the resumed runs' losses are
+  the uninterrupted run's (2e-5 relative, the EP tolerance above)."""
+  proc = run_module("tests.ep_restore_probe", str(tmp_path), env=EIGHT, timeout=1200)
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["bitwise_equal"]
+  assert result["specs"][0][0] is None and result["specs"][1][0] == "expert", result["specs"]
+  uninterrupted = result["a"]
+  assert sorted(map(int, result["b"])) == list(range(11, STEPS + 1))
+  assert sorted(map(int, result["c"])) == list(range(16, STEPS + 1))
+  for resumed in (result["b"], result["c"]):
+    for step, loss in resumed.items():
+      assert abs(loss - uninterrupted[step]) <= 2e-5 * abs(loss), (step, resumed, uninterrupted)

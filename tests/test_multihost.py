@@ -1,9 +1,11 @@
 """Two processes on loopback (gloo CPU collectives) train like one process on one device."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -73,3 +75,26 @@ def test_two_processes_match_one_device(single_device_run, tmp_path):
   assert sorted(os.listdir(workdir / "checkpoints"))[-1] == str(STEPS)
   assert abs(single["eval_loss"] - float(outputs[0][0].strip().splitlines()[-1].split(
       '"eval_loss": ')[1].split(",")[0])) <= 1e-5 * single["eval_loss"]
+
+
+@pytest.mark.slow
+def test_a_killed_process_is_reported_not_waited_for(tmp_path):
+  """Process 1 is killed once training is set up; process 0 must exit within the heartbeat
+  timeout (10 s here) plus a margin, with JAX's error naming the lost task, not hang in a
+  collective."""
+  workdir = tmp_path / "killed"
+  procs = launch(workdir, "--config.train.steps=2000", "--config.mesh.data=1",
+                 "--config.mesh.expert=4", "--peer_timeout_s=10")
+  deadline = time.time() + 600
+  while not (workdir / "checkpoints").exists() and time.time() < deadline:
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGKILL)
+  killed_at = time.time()
+  try:
+    _, err = procs[0].communicate(timeout=120)
+  finally:
+    procs[0].kill()
+    procs[1].communicate()
+  assert procs[0].returncode != 0
+  assert time.time() - killed_at < 120
+  assert "stopped sending heartbeats" in err and "another task died" in err, err[-3000:]
