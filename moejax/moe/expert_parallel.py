@@ -81,8 +81,7 @@ def exchange_rows(rows_AD, output_RD, input_offsets_P, send_sizes_P, output_offs
 
 
 def ep_dispatch(strategy: str, x_TD, routing: Routing, experts, *, axis, num_devices: int,
-                capacity_factor: Optional[float], batch_prioritized: bool,
-                rows_per_expert: Optional[int], dense: bool):
+                capacity_factor: Optional[float], batch_prioritized: bool, dense: bool):
   """(y_TD, stats) of the tokens of this device with its experts' share on ``axis`` (inside
   shard_map; the module docstring lists the steps). ``experts`` holds the local E/P experts.
   """
@@ -128,9 +127,12 @@ def ep_dispatch(strategy: str, x_TD, routing: Routing, experts, *, axis, num_dev
                           probs_TE=jnp.zeros((received, local), jnp.float32),
                           logits_TE=jnp.zeros((received, local), jnp.float32),
                           active_TK=active_R[:, None], max_load=per_expert)
-  rows = rows_per_expert if rows_per_expert is not None else math.ceil(received / local)
-  y_RD, _ = dispatch(strategy, x_RD, local_routing, experts, rows_per_expert=min(rows,
-                                                                                per_expert))
+  # The batched rows per local expert: the capacity, or dropless the balanced load (the sorted
+  # strategy runs the overflow exactly, in blocks).
+  rows_per_expert = (per_expert if capacity_factor is not None
+                     else math.ceil(size * num_tokens * num_choices / num_experts))
+  y_RD, _ = dispatch(strategy, x_RD, local_routing, experts,
+                     rows_per_expert=min(rows_per_expert, per_expert))
   # 5. back to the senders, combined into their tokens
   y_AD = exchange(y_RD, jnp.zeros((token_A.shape[0], x_TD.shape[1]), y_RD.dtype),
                   recv_offsets_P, recv_P, at_sender_P, send_P)

@@ -8,6 +8,9 @@ The pipeline, for tokens x_TD (the batch and sequence flattened):
                weighted by the routing; the router supplies the capacity options;
      With ``cfg.group_size`` and a capacity, each group of tokens gets its own capacity first
      (plan.drop_over_group_capacity, V-MoE's per-group routing);
+     Under a mesh with sharding rules the dispatch runs per device on its own tokens, and with
+     an ``expert`` mesh axis the tokens are exchanged with the experts' devices
+     (expert_parallel.py; the same strategies run on each device);
   3. shared    plus an always-on shared SwiGLU branch when ``cfg.shared_d_ff > 0`` (DiT-MoE,
                DeepSeekMoE).
 A new router is one ``Router`` subclass and one ``ROUTERS`` entry: nothing here names a router.
@@ -141,8 +144,7 @@ class MoELayer(nnx.Module):
       y_TD, stats = expert_parallel.ep_dispatch(
           cfg.dispatch, x_TD, kept, experts, axis=expert_axes, num_devices=num_expert_devices,
           capacity_factor=options.get("capacity_factor"),
-          batch_prioritized=options.get("batch_prioritized", False),
-          rows_per_expert=None, dense=dense)
+          batch_prioritized=options.get("batch_prioritized", False), dense=dense)
     else:
       y_TD, stats = dispatch(cfg.dispatch, x_TD, kept, experts, **options)
     if group_dropped is not None:
