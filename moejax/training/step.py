@@ -71,9 +71,9 @@ def split_microbatches(batch: dict, microbatches: int) -> dict:
   """[M, B/M, ...] per field: microbatch m holds rows m, M + m, 2M + m, ... (each device's
   rows stay on it when B/M divides over the batch axes)."""
   def split(x):
-    rows_MB = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
-    rows_MB = sharding.constrain(rows_MB, ("batch",) + (None,) * (rows_MB.ndim - 1))
-    return jnp.moveaxis(rows_MB, 1, 0)
+    rows_BM = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
+    rows_BM = sharding.constrain(rows_BM, ("batch",) + (None,) * (rows_BM.ndim - 1))
+    return jnp.moveaxis(rows_BM, 1, 0)
   return jax.tree.map(split, batch)
 
 
