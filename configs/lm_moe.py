@@ -129,4 +129,7 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   elif preset == "paper":
     # Trained on a pod from a real corpus: name its seqio task, e.g. --config.data.task=c4_lm.
     cfg.data.update(source="seqio", task="")
+    # What a pod run uses, and what experiments.plan compiles: bfloat16 compute (float32
+    # parameters and optimizer state) and full rematerialisation of each layer.
+    cfg.model.update(dtype="bfloat16", remat="full")
   return cfg

@@ -10,6 +10,7 @@ import jax
 from absl import app, flags, logging
 
 from moejax.host_memory import keep_freed_host_memory
+from moejax.training.checkpointing import CheckpointError
 from moejax.validation import ConfigError
 
 T = TypeVar("T")
@@ -67,9 +68,13 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
 
 
 def run_or_exit(fn: Callable[[], T]) -> T:
-  """Runs ``fn``; a ConfigError exits with status 2 and its message."""
+  """Runs ``fn``; a ConfigError exits with status 2 and its message, a CheckpointError (no
+  checkpoint of the workdir restores) with status 1 and its message."""
   try:
     return fn()
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     sys.exit(2)
+  except CheckpointError as e:
+    print(f"checkpoint error: {e}", file=sys.stderr)
+    sys.exit(1)

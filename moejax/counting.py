@@ -12,7 +12,9 @@ Conventions (Nakamura et al. 2025, arXiv 2508.18672, whose checkpoint names thes
 
 ``trunk_breakdown`` counts the shared trunk (models/trunk.py) of any family; the LM functions
 add its embedding, final norm and head, the ViT functions (``vit_*``) its patch embedding,
-positions, class token, final norm and heads, with FLOPs per image. The CLI is
+positions, class token, final norm and heads, the DiT functions (``dit_*``) its patch
+embedding, timestep and class embedders, final norm and final adaLN layer; both with FLOPs per
+image. The CLI is
 ``python -m experiments.count``.
 """
 
@@ -143,7 +145,7 @@ def vit_forward_flops_per_image(model: ml_collections.ConfigDict) -> int:
   trunk_matmuls = active - parts["norms"] - parts["patch_embedding"] - parts["positions"] - (
       parts["heads"]) + parts["router"]
   tokens = image.num_tokens
-  attention = 2 * 2 * tokens * tokens * trunk.num_heads * trunk.head_dim * trunk.num_layers
+  attention = _attention_flops(tokens, trunk)
   return (2 * (image.num_patches * image.patch_features * trunk.d_model + tokens * trunk_matmuls
                + parts["heads"]) + attention)
 
@@ -173,3 +175,62 @@ def vit_summary(config: ml_collections.ConfigDict) -> dict:
           "train_images": images, "train_flops": 3 * forward * images,
           "params_by_component": parts}
 
+
+
+def _dit_counts(model: ml_collections.ConfigDict):
+  """(parameters per component, active parameters, the DiT config, the trunk config)."""
+  from moejax.models import dit  # pylint: disable=import-outside-toplevel
+  trunk, image = dit.trunk_config(model), dit.DiTConfig.from_config(model)
+  d = trunk.d_model
+  out_features = image.patch_size ** 2 * image.out_channels
+  parts = trunk_breakdown(trunk)
+  parts["norms"] += d
+  parts = {"patch_embedding": (image.patch_features + 1) * d,
+           "timestep_embedder": (image.frequency_dim + 1) * d + (d + 1) * d,
+           "class_embedding": (image.num_classes + 1) * d,
+           "final_layer": (d + 1) * 2 * d + (d + 1) * out_features, **parts}
+  return parts, active_params(trunk, parts), image, trunk
+
+
+def _attention_flops(tokens: int, trunk: TrunkConfig) -> int:
+  """Forward FLOPs of attention scores and values of one sequence of ``tokens`` tokens."""
+  return 2 * 2 * tokens * tokens * trunk.num_heads * trunk.head_dim * trunk.num_layers
+
+
+def dit_forward_flops_per_image(model: ml_collections.ConfigDict) -> int:
+  """Forward FLOPs of one noisy image: 2 per multiply-add of the patch embedding, the trunk's
+  active matmuls and routers and the final linear map (per patch), of the conditioning (the
+  timestep MLP and every adaLN map, once per image), plus attention over the patches."""
+  parts, _, image, trunk = _dit_counts(model)
+  d, moe = trunk.d_model, trunk.moe
+  trunk_per_token = (parts["attention"] + parts["dense_ffn"] + parts["shared_experts"]
+                     + parts["router"] + parts["experts"] * moe.top_k // moe.num_experts)
+  per_token = (image.patch_features * d + trunk_per_token
+               + d * image.patch_size ** 2 * image.out_channels)
+  per_image = image.frequency_dim * d + d * d + 6 * d * d * trunk.num_layers + 2 * d * d
+  tokens = image.num_patches
+  return 2 * (tokens * per_token + per_image) + _attention_flops(tokens, trunk)
+
+
+def dit_name(model: ml_collections.ConfigDict) -> str:
+  """The paper's naming where it applies: ``{size}/{patch}-{E}E{K}A`` (e.g. ``G/2-16E2A``),
+  else ``d{D}-L{layers}/{patch}-{E}E{K}A``; ``-dense`` for a model without MoE layers, then
+  ``-{TOTAL}-A{ACTIVE}``."""
+  parts, active, image, trunk = _dit_counts(model)
+  head = model.get("size") or f"d{trunk.d_model}-L{trunk.num_layers}"
+  experts = (f"{trunk.moe.num_experts}E{trunk.moe.top_k}A" if trunk.num_moe_layers else "dense")
+  shared = "-noshared" if trunk.num_moe_layers and not trunk.moe.shared_d_ff else ""
+  return (f"{head}/{image.patch_size}-{experts}{shared}-{format_count(sum(parts.values()))}"
+          f"-A{format_count(active)}")
+
+
+def dit_summary(config: ml_collections.ConfigDict) -> dict:
+  """Counts for a DiT run config; images = steps * batch."""
+  model = config.model
+  parts, active, _, _ = _dit_counts(model)
+  forward = dit_forward_flops_per_image(model)
+  images = config.train.steps * config.data.batch_size
+  return {"name": dit_name(model), "total_params": sum(parts.values()), "active_params": active,
+          "forward_flops_per_image": forward, "train_flops_per_image": 3 * forward,
+          "train_images": images, "train_flops": 3 * forward * images,
+          "params_by_component": parts}

@@ -157,16 +157,19 @@ class TrunkConfig:
 
 class AdaLNModulation(nnx.Module):
   """adaLN-Zero: cond [B, C] -> (shift, scale, gate) for the mixer and for the FFN, [B, 1, D]
-  each, from a zero-initialised linear map of silu(cond)."""
+  each, from a zero-initialised linear map of silu(cond). ``parts`` = 2 gives one (shift,
+  scale) pair (DiT's final layer)."""
 
-  def __init__(self, cond_dim: int, d_model: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    self.w_CX = param(rngs, nnx.initializers.zeros, (cond_dim, 6 * d_model), (None, "embed"),
-                      param_dtype)
-    self.b_X = param(rngs, nnx.initializers.zeros, (6 * d_model,), ("embed",), param_dtype)
+  def __init__(self, cond_dim: int, d_model: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs,
+               parts: int = 6):
+    self.parts = parts
+    self.w_CX = param(rngs, nnx.initializers.zeros, (cond_dim, parts * d_model),
+                      (None, "embed"), param_dtype)
+    self.b_X = param(rngs, nnx.initializers.zeros, (parts * d_model,), ("embed",), param_dtype)
 
   def __call__(self, cond_BC):
     mod_BX = jax.nn.silu(cond_BC.astype(jnp.float32)) @ self.w_CX[...].astype(jnp.float32)
-    return jnp.split((mod_BX + self.b_X[...])[:, None, :], 6, axis=-1)
+    return jnp.split((mod_BX + self.b_X[...])[:, None, :], self.parts, axis=-1)
 
 
 def _modulate(h_BTD, shift_B1D, scale_B1D):

@@ -181,3 +181,14 @@ class ItemBootstrap:
       bounds = [self.interval(e, r)["ci"] for e, r in zip(out[column], reps_MB)]
       out[f"{column}_lo"], out[f"{column}_hi"] = np.array(bounds, np.float64).T
     return out
+
+
+def seed_interval(values, level: float = 0.95) -> dict:
+  """Mean over seeds with a Student-t interval (n - 1 degrees of freedom): with 2 seeds the
+  interval is wide (t = 12.7), which is the honest width of two runs. NaN bounds with one."""
+  values = np.asarray(values, np.float64)
+  mean, n = float(values.mean()), len(values)
+  if n < 2:
+    return {"estimate": mean, "ci": [float("nan"), float("nan")], "seeds": n}
+  half = stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / np.sqrt(n)
+  return {"estimate": mean, "ci": [mean - half, mean + half], "seeds": n}

@@ -29,10 +29,10 @@ import dataclasses
 import numpy as np
 import pandas as pd
 from flax import nnx
-from sklearn import metrics as skmetrics
 
 from analysis.bootstrap import interval, resample_counts
 from moejax.models.vit import ViTConfig
+from moejax.study import routing_stats
 from moejax.study.intervals import rank_correlation
 from moejax.training import task as task_lib
 from moejax.training.state import model_graphdef, split_model
@@ -153,19 +153,12 @@ def class_specialization(choices_MRSK, labels_R, num_classes: int, num_experts: 
   first_MRS = choices_MRSK[..., 0]
   nmi, null_mean, null_p95, usage = [], [], [], []
   for first_RS in first_MRS:
-    has_RS = first_RS >= 0
     labels_RS = np.broadcast_to(labels_R[:, None], first_RS.shape)
-    nmi.append(skmetrics.normalized_mutual_info_score(labels_RS[has_RS], first_RS[has_RS]))
-    null = []
-    for _ in range(num_permutations):
-      shuffled_RS = np.broadcast_to(rng.permutation(labels_R)[:, None], first_RS.shape)
-      null.append(skmetrics.normalized_mutual_info_score(shuffled_RS[has_RS], first_RS[has_RS]))
-    null_mean.append(float(np.mean(null)))
-    null_p95.append(float(np.percentile(null, 95)))
-    counts_CE = np.zeros((num_classes, num_experts))
-    np.add.at(counts_CE, (labels_RS[has_RS], first_RS[has_RS]), 1.0)
-    usage.append(counts_CE / np.maximum(counts_CE.sum(1, keepdims=True), 1.0))
-  return {"nmi": [float(v) for v in nmi], "null_mean": null_mean, "null_p95": null_p95,
+    stats = routing_stats.nmi_against_null(first_RS, labels_RS, "rows", num_permutations, rng)
+    for values, value in zip((nmi, null_mean, null_p95), stats):
+      values.append(value)
+    usage.append(routing_stats.usage_by_value(first_RS, labels_RS, num_classes, num_experts))
+  return {"nmi": nmi, "null_mean": null_mean, "null_p95": null_p95,
           "usage_MCE": np.stack(usage)}
 
 

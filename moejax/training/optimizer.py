@@ -1,10 +1,13 @@
-"""AdamW with linear warmup and cosine decay, global-norm clipping (the study's recipe)."""
+"""AdamW with linear warmup and cosine decay, global-norm clipping (the study's recipe); with
+``optim.ema_decay`` an EMA of the parameters in the optimizer state (training/ema.py)."""
 
 from __future__ import annotations
 
 import jax
 import ml_collections
 import optax
+
+from moejax.training.ema import with_param_ema
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -28,4 +31,4 @@ def make_optimizer(optim: ml_collections.ConfigDict,
       optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
                   weight_decay=optim.weight_decay, mask=_decay_mask),
   )
-  return tx, schedule
+  return with_param_ema(tx, optim.get("ema_decay")), schedule

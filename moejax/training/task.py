@@ -33,7 +33,8 @@ from flax import nnx
 
 from moejax.errors import require
 
-TASKS = {"lm": "moejax.tasks.lm:LMTask", "vit": "moejax.tasks.vit:ViTTask"}
+TASKS = {"lm": "moejax.tasks.lm:LMTask", "vit": "moejax.tasks.vit:ViTTask",
+         "dit": "moejax.tasks.dit:DiTTask"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,7 +72,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         in_shardings=(state_shardings, batch_sharding))
     manager = checkpointing.make_manager(workdir, save_every=config.train.checkpoint_every,
                                          keep=config.train.keep_checkpoints)
-    start, restored = checkpointing.restore_latest(manager, abstract_like(state, state_shardings))
+    start, restored = checkpointing.restore_latest(manager, abstract_like(state, state_shardings),
+                                                   set_aside=True)
     if restored is not None:
       state = restored
     writer = MetricsWriter(workdir, resume_step=start, enabled=is_lead)

@@ -1,0 +1,210 @@
+"""Pod plans: input checks before any compile, HLO collective accounting, the sweep's search
+rules; with libtpu (requirements-tpu.txt; skipped otherwise), the real train step compiled ahead
+of time for small TPU v5p/v5e slices: a run that fits, one that does not, the CLI's JSON line,
+and a sweep."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from configs import lm_moe
+from moejax.errors import ConfigError
+from moejax.planning import chips, comm_model, hlo_comm, plan, sweep
+from tests.conftest import REPO, run_module
+
+HAS_LIBTPU = chips.libtpu_path() is not None
+needs_libtpu = pytest.mark.skipif(
+    not HAS_LIBTPU, reason="libtpu is not installed (scripts/setup.sh installs "
+    "requirements-tpu.txt into .venv/tpu-compiler; or set MOEJAX_LIBTPU_DIR)")
+
+
+def test_topology_names():
+  topology = chips.parse_topology("v5p:4x4x4")
+  assert topology.num_chips == 64 and topology.chip.name == "v5p"
+  assert chips.parse_topology("v5e:2x4").num_chips == 8
+  for bad in ("v9z:2x2", "v5p-128", "v5p:4"):
+    with pytest.raises(ConfigError, match="expected CHIP:AxB"):
+      chips.parse_topology(bad)
+
+
+def test_bad_mesh_and_microbatches_fail_before_compiling():
+  config, slice_ = lm_moe.get_config("smoke"), chips.parse_topology("v5p:2x2x1")
+  with pytest.raises(ConfigError, match="8 devices"):
+    plan.prepare_config(config, slice_, mesh={"fsdp": 8})
+  with pytest.raises(ConfigError, match="config.train.microbatches"):
+    plan.prepare_config(config, slice_, microbatches=4)
+  prepared, sizes = plan.prepare_config(config, slice_, mesh={"fsdp": 4}, microbatches=1)
+  assert sizes == {"data": 1, "fsdp": 4}
+  with config.unlocked():  # a train step with gradient accumulation has the field
+    config.train.microbatches = 1
+  prepared, _ = plan.prepare_config(config, slice_, microbatches=4)
+  assert prepared.train.microbatches == 4 and config.train.microbatches == 1
+
+
+def test_mesh_candidates_follow_the_sharding_rules():
+  config = lm_moe.get_config("paper")
+  config.model.moe.num_experts = 64
+  assert sweep.candidate_meshes(config, 64) == [{"fsdp": 64}]  # no rule targets "expert"
+  config.sharding_rules = [*config.sharding_rules[:2], ("expert", "expert"),
+                           *config.sharding_rules[3:]]
+  assert sweep.candidate_meshes(config, 64) == [
+      {"fsdp": 64}, {"fsdp": 1, "expert": 64}, {"fsdp": 8, "expert": 8}]
+  assert sweep.candidate_meshes(config, 4) == [{"fsdp": 4}, {"fsdp": 1, "expert": 4}]
+
+
+def test_extrapolation_stops_only_when_the_constant_part_exceeds_hbm():
+  gib = 2 ** 30
+  assert sweep._never_fits([(4, 200 * gib), (8, 150 * gib)], 95 * gib)  # a = 100 GiB
+  assert not sweep._never_fits([(4, 200 * gib), (8, 110 * gib)], 95 * gib)  # a = 20 GiB
+  assert not sweep._never_fits([(4, 200 * gib)], 95 * gib)
+
+
+HLO = """HloModule step, entry_computation_layout={()->()}
+
+%body.1 (p: (s32[], bf16[8,128])) -> (s32[], bf16[8,128]) {
+  %p = (s32[], bf16[8,128]{1,0}) parameter(0)
+  %x = bf16[8,128]{1,0} get-tuple-element((s32[], bf16[8,128]{1,0}) %p), index=1
+  %ag = bf16[32,128]{1,0} all-gather(bf16[8,128]{1,0} %x), channel_id=1, dimensions={0}
+  %a2a = bf16[8,128]{1,0} all-to-all(bf16[8,128]{1,0} %x), channel_id=2, dimensions={0}
+  ROOT %t = (s32[], bf16[8,128]{1,0}) tuple(s32[] %i, bf16[8,128]{1,0} %x)
+}
+
+%cond.1 (p: (s32[], bf16[8,128])) -> pred[] {
+  ROOT %c = pred[] constant(true)
+}
+
+ENTRY %main (a: f32[4,4]) -> f32[4,4] {
+  %a = f32[4,4]{1,0} parameter(0)
+  %ars = f32[4,4]{1,0} all-reduce-start(f32[4,4]{1,0} %a), channel_id=3, to_apply=%add
+  %ard = f32[4,4]{1,0} all-reduce-done(f32[4,4]{1,0} %ars)
+  %w = (s32[], bf16[8,128]{1,0}) while((s32[], bf16[8,128]{1,0}) %init), condition=%cond.1, body=%body.1, backend_config={"known_trip_count":{"n":"16"}}
+  ROOT %r = f32[4,4]{1,0} copy(f32[4,4]{1,0} %ard)
+}
+"""
+
+
+def test_collective_bytes_count_loop_bodies_by_their_trip_count():
+  counted = hlo_comm.collective_bytes(HLO)
+  assert counted["all-gather"] == 16 * 8 * 128 * 2  # operands, once per scanned iteration
+  assert counted["all-to-all"] == 16 * 8 * 128 * 2
+  assert counted["all-reduce"] == 4 * 4 * 4        # the -start half only
+  assert counted["reduce-scatter"] == 0
+  assert counted["total"] == 2 * 16 * 8 * 128 * 2 + 64
+
+
+# As the TPU compiler prints it: operands by name only, no known_trip_count; the bound is in the
+# loop condition.
+TPU_HLO = """HloModule jit_train_step, is_scheduled=true
+
+%region_1.1_spmd (param.1: (s32[], bf16[4,256])) -> (s32[], bf16[4,256]) {
+  %param.1 = (s32[]{:T(128)}, bf16[4,256]{1,0:T(4,128)(2,1)}) parameter(0)
+  %gte.2 = bf16[4,256]{1,0:T(4,128)(2,1)} get-tuple-element(%param.1), index=1
+  %all-gather.7 = bf16[16,256]{1,0:T(8,128)(2,1)} all-gather(%gte.2), channel_id=1, replica_groups=mesh['axis_0'=4] {'axis_0'}, dimensions={0}
+  ROOT %tuple.3 = (s32[]{:T(128)}, bf16[4,256]{1,0:T(4,128)(2,1)}) tuple(%gte.1, %gte.2)
+}
+
+%region_2.2_spmd (param.2: (s32[], bf16[4,256])) -> pred[] {
+  %constant.9 = s32[]{:T(128)} constant(12)
+  %param.2 = (s32[]{:T(128)}, bf16[4,256]{1,0:T(4,128)(2,1)}) parameter(0)
+  %gte.5 = s32[]{:T(128)} get-tuple-element(%param.2), index=0
+  ROOT %lt.1 = pred[]{:T(512)} compare(%gte.5, %constant.9), direction=LT
+}
+
+ENTRY %main.1_spmd (param.3: f32[64]) -> f32[64] {
+  %param.3 = f32[64]{0:T(256)} parameter(0)
+  %all-reduce.4 = f32[64]{0:T(256)} all-reduce(%param.3), channel_id=2, to_apply=%add
+  %while.5 = (s32[]{:T(128)}, bf16[4,256]{1,0:T(4,128)(2,1)}) while(%tuple.8), condition=%region_2.2_spmd, body=%region_1.1_spmd
+  ROOT %copy.1 = f32[64]{0:T(256)} copy(%all-reduce.4)
+}
+"""
+
+
+def test_collective_bytes_in_the_tpu_compilers_format():
+  counted = hlo_comm.collective_bytes(TPU_HLO)
+  assert counted["all-gather"] == 12 * 4 * 256 * 2
+  assert counted["all-reduce"] == 64 * 4
+
+
+def test_reduce_scatter_fusions_count_as_reduce_scatter():
+  text = TPU_HLO.replace("%region_1.1_spmd", "%all-reduce-scatter.1").replace(
+      "all-gather(%gte.2)", "all-reduce(%gte.2)")
+  counted = hlo_comm.collective_bytes(text)
+  assert counted["reduce-scatter"] == 12 * 4 * 256 * 2 and counted["all-gather"] == 0
+
+
+def test_plain_cpu_jax_loads_no_tpu_library():
+  proc = subprocess.run([sys.executable, "-c", "import jax; print(jax.devices())"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120, check=True)
+  assert "CpuDevice" in proc.stdout
+  assert "tpu" not in proc.stderr.lower(), proc.stderr
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_a_step_that_does_not_fit_reports_the_shortfall():
+  config = lm_moe.get_config("smoke")
+  config.model.vocab_size = 8192  # float32 logits of 2M tokens: 64 GiB, 16 GiB per chip
+  config.data.update(batch_size=1024, seq_len=2048)
+  figures = plan.plan_run(config, chips.parse_topology("v5e:2x2"), mesh={"fsdp": 4})
+  assert figures["fits"] is False
+  assert figures["error"].startswith("RESOURCE_EXHAUSTED")
+  assert figures["shortfall_bytes"] > 0 and figures["hbm_bytes"] == chips.CHIPS["v5e"].hbm_bytes
+  assert "DOES NOT FIT" in plan.format_plan(figures)
+
+
+@needs_libtpu
+def test_cli_plans_the_smoke_model_on_a_v5p_slice():
+  proc = run_module("experiments.plan", "--config=configs/lm_moe.py:smoke",
+                    "--topology=v5p:2x2x1", "--mesh=data=2,fsdp=2", timeout=600)
+  figures = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert figures["fits"] is True and figures["chips"] == 4
+  assert figures["mesh"] == {"data": 2, "fsdp": 2}
+  assert "fits" in proc.stdout.splitlines()[1]
+  assert "WARNING" not in proc.stderr, proc.stderr[-2000:]  # libtpu's start-up is quiet
+  assert 0 < figures["total_bytes"] <= figures["hbm_bytes"]
+  assert figures["total_bytes"] >= figures["argument_bytes"] + figures["temp_bytes"]
+  # FSDP gathers parameters, and gradients are reduced over the data-parallel chips.
+  comm = figures["collective_bytes"]
+  assert comm["all-gather"] > 0 and comm["reduce-scatter"] + comm["all-reduce"] > 0
+  # Two layers scanned: the HLO FLOPs are scaled by (2 layers) / (1 layer) of the counts.
+  assert 1.5 < figures["depth_factor"] < 2.0
+  assert figures["hlo_flops_per_chip"] >= figures["model_flops_per_step"] / 4
+  assert 0 < figures["mfu"] < 1
+
+
+def test_cli_rejects_an_unknown_topology_in_one_line():
+  proc = run_module("experiments.plan", "--config=configs/lm_moe.py:smoke",
+                    "--topology=v9z:2x2", check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      "config error: --topology='v9z:2x2': expected CHIP:AxB[xC] with CHIP one of "
+      "['v4', 'v5e', 'v5p', 'v6e'], e.g. v5p:4x4x4 (64 chips) or v5e:2x2"]
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_sweep_plans_each_run_on_the_smallest_slice(tmp_path):
+  rows = sweep.plan_sweep("configs/sweeps/optimal_sparsity.py:smoke", chip="v5p", max_chips=8,
+                          csv_path=str(tmp_path / "plan.csv"))
+  assert len(rows) == 3
+  assert all(r["fits"] and r["topology"] == "v5p:2x2x1" and r["mesh"] == "fsdp=4" for r in rows)
+  assert len((tmp_path / "plan.csv").read_text().strip().splitlines()) == 4
+  assert "v5p:2x2x1" in sweep.format_table(rows)
+
+
+def test_analytic_collective_bytes_of_fsdp_and_expert_parallelism():
+  config = lm_moe.get_config("smoke")  # 59,808 float32 parameters, all sharded over fsdp
+  state_bytes = 59_808 * 4
+  fsdp = comm_model.analytic_bytes(config, {"data": 1, "fsdp": 4})
+  assert fsdp["all-gather"] == 2 * state_bytes / 4  # forward + backward, one shard each
+  assert fsdp["reduce-scatter"] == state_bytes and fsdp["all-reduce"] == 0
+  assert fsdp["all-to-all"] == 0
+  hybrid = comm_model.analytic_bytes(config, {"data": 2, "fsdp": 2})
+  assert hybrid["all-reduce"] == state_bytes / 2  # the fsdp shard, summed over data
+  config.sharding_rules = [*config.sharding_rules[:2], ("expert", "expert"),
+                           *config.sharding_rules[3:]]
+  ep = comm_model.analytic_bytes(config, {"data": 1, "fsdp": 2, "expert": 2})
+  # 256 tokens / 4 chips x k=2 x d=32 x 2 bytes, 4 exchanges per layer (no remat), 2 layers
+  assert ep["all-to-all"] == 64 * 2 * 32 * 2 * 4 * 2
