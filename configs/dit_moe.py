@@ -96,8 +96,8 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   cfg.train = ml_collections.ConfigDict(dict(
       steps=2000, log_every=50, checkpoint_every=500, keep_checkpoints=2, eval_batches=4,
       progress_bar=True))
-  cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  cfg.sharding_rules = lm_moe.get_config("smoke").sharding_rules
+  cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+  cfg.sharding_rules = lm_moe.sharding_rules()
 
   if preset == "smoke":
     cfg.model.update(image_size=8, patch_size=2, d_model=32, num_layers=2)

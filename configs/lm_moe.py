@@ -62,6 +62,17 @@ def aux_loss_weights() -> ml_collections.ConfigDict:
       {name: ml_collections.FieldReference(None, field_type=float) for name in names})
 
 
+def sharding_rules() -> list:
+  """The logical -> mesh axis table shared by the model families' configs."""
+  return [
+      ("batch", ["data", "fsdp", "expert"]),
+      ("embed", "fsdp"),
+      ("expert", "expert"), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", None),
+      ("vocab", None), ("layers", None), ("seq", None), ("act_embed", None),
+      ("act_heads", "tensor"),
+  ]
+
+
 def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   if preset not in PRESETS:
     raise ValueError(f"unknown preset {preset!r} for configs/lm_moe.py; choose from {PRESETS}")
@@ -85,7 +96,8 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   cfg.aux_loss_weights = aux_loss_weights()
   cfg.train = ml_collections.ConfigDict(dict(
       steps=29_803, log_every=10, checkpoint_every=500, keep_checkpoints=3, eval_batches=8,
-      progress_bar=True))
+      progress_bar=True,
+      microbatches=1))  # gradient accumulation (moejax/training/step.py)
   # Evaluation after training on the data suites (moejax/evaluation/): QA and reasoning
   # accuracy by greedy generation, task losses, knowledge bits; sc_samples > 0 samples that
   # many answers per reasoning test item: majority vote of the first n for n in sc_ns and
@@ -93,14 +105,12 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   # subset; 0 = all).
   cfg.eval = ml_collections.ConfigDict(dict(suites=True, max_items=256, batch_size=64,
                                             sc_samples=16, sc_ns=(1, 4, 16)))
-  # Mesh axis sizes (-1: all remaining devices) and the logical -> mesh axis table.
-  cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  cfg.sharding_rules = [
-      ("batch", ["data", "fsdp"]),
-      ("embed", "fsdp"),
-      ("expert", None), ("mlp", None), ("heads", None), ("kv_heads", None), ("vocab", None),
-      ("layers", None), ("seq", None), ("act_embed", None), ("act_heads", None),
-  ]
+  # Mesh axis sizes (-1: all remaining devices; any axis may be 1) and the logical -> mesh axis
+  # table (docs/parallelism.md). The batch is split over data, fsdp and expert; parameters'
+  # d_model over fsdp (gathered per layer); the experts over expert (expert parallelism, tokens
+  # exchanged all-to-all); hidden units and attention heads over tensor.
+  cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+  cfg.sharding_rules = sharding_rules()
 
   if preset == "smoke":
     cfg.model.update(vocab_size=64, d_model=32, num_layers=2, head_dim=16, num_kv_heads=1)

@@ -79,9 +79,10 @@ def get_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   cfg.aux_loss_weights.update(load_balance_loss=0.0, router_z_loss=0.0)
   cfg.train = ml_collections.ConfigDict(dict(
       steps=600, log_every=20, checkpoint_every=200, keep_checkpoints=2, eval_batches=4,
-      progress_bar=True))
-  cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  cfg.sharding_rules = lm_moe.get_config("smoke").sharding_rules
+      progress_bar=True,
+      microbatches=1))  # gradient accumulation (moejax/training/step.py)
+  cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+  cfg.sharding_rules = lm_moe.sharding_rules()
 
   if preset == "smoke":
     cfg.model.update(image_size=8, patch_size=4, d_model=32, num_layers=2)

@@ -53,14 +53,18 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 
 def initialize_distributed(coordinator: str | None, num_processes: int | None,
-                           process_id: int | None) -> None:
+                           process_id: int | None, peer_timeout_s: int = 100) -> None:
   """Joins a multi-process run (before any JAX computation). CPU collectives use gloo (loopback
-  tests, CPU clusters); the setting does not affect TPU or GPU backends."""
+  tests, CPU clusters); the setting does not affect TPU or GPU backends. A process that stops
+  sending heartbeats for ``peer_timeout_s`` seconds (killed, hung, its host gone) makes the
+  others exit with JAX's "tasks are unhealthy (stopped sending heartbeats)" error naming it,
+  instead of waiting forever in a collective."""
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator:
-    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id,
+                               heartbeat_timeout_seconds=peer_timeout_s)
   else:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=peer_timeout_s)
 
 
 def run_or_exit(fn: Callable[[], T]) -> T:

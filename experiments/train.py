@@ -21,12 +21,16 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_PEER_TIMEOUT = flags.DEFINE_integer(
+    "peer_timeout_s", 100, "Multi-host: seconds without a heartbeat from a process after which "
+    "the others exit with an error naming it (not a hang).")
 
 
 def main(argv):
   del argv
   if _COORDINATOR.value or _DISTRIBUTED.value:
-    cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               _PEER_TIMEOUT.value)
   results = cli.run_or_exit(lambda: train(CONFIG.value, _WORKDIR.value))
   print(json.dumps({k: v for k, v in results.items() if k != "params_by_component"}))
 

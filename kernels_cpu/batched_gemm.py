@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
+from kernels_pallas.shard import match_varying
+
 TARGET = "moejax_batched_gemm"
 SOURCE = pathlib.Path(__file__).with_name("batched_gemm.cc")
 
@@ -112,4 +114,6 @@ def batched_gemm(a, b, *, trans_a: bool = False, trans_b: bool = False):
                      f"(trans_a={trans_a}, trans_b={trans_b})")
   out = jax.ShapeDtypeStruct((a.shape[0], rows, cols), a.dtype)
   call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
-  return call(a, b, trans_a=trans_a, trans_b=trans_b)
+  # Under shard_map the result varies over the mesh axes its operands vary over (an FFI call
+  # cannot declare it; kernels_pallas/shard.py).
+  return match_varying(call(a, b, trans_a=trans_a, trans_b=trans_b), a, b)[0]

@@ -34,6 +34,7 @@ import numpy as np
 from jax import lax
 
 from kernels_cpu import autotune, batched_gemm
+from kernels_pallas.shard import match_varying
 
 BLAS, XLA = "blas", "xla"
 _TRANS = {"forward": (False, False), "input_grad": (False, True), "weight_grad": (True, False)}
@@ -173,7 +174,9 @@ def expert_matmul(x_ECI, w_EIO, cpu_kernel: bool = True):
   if cpu_kernel:
     for log in _LOGS:
       log.append(choice)
-  return fixed_expert_matmul(x_ECI, w_EIO, choice)
+  # Under shard_map both operands of the custom VJP vary alike (kernels_pallas/shard.py): the
+  # transpose of the cast sums the gradient of the less varying one (e.g. replicated weights).
+  return fixed_expert_matmul(*match_varying(x_ECI, w_EIO), choice)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

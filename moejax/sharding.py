@@ -57,6 +57,11 @@ def use_rules(rules: Rules) -> Iterator[None]:
     _RULES.reset(token)
 
 
+def active_rules() -> tuple:
+  """The active logical->mesh table (empty outside ``use_rules``)."""
+  return _RULES.get()
+
+
 def logical_to_spec(axes: Sequence[str | None], rules: Rules | None = None,
                     mesh_axes: Sequence[str] | None = None) -> PartitionSpec:
   """Maps logical axis names to a PartitionSpec; unknown names are replicated.
@@ -87,6 +92,20 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, mesh_axes=mesh.axis_names))
 
 
+def variable_axes(variable: nnx.Variable) -> tuple | None:
+  """The logical axes of a Variable's value (its ``out_sharding`` metadata), or None without
+  them. Inside the scan over a layer stack a Variable is one layer's slice while its metadata
+  still names the stacked ``layers`` axis; that name is dropped then."""
+  axes = tuple(variable.get_metadata().get("out_sharding") or ())
+  if not axes:
+    return None
+  if len(axes) > variable.ndim:
+    axes = tuple(a for a in axes if a != "layers")
+  if len(axes) != variable.ndim:
+    raise ValueError(f"a Variable of shape {variable.shape} has logical axes {axes}")
+  return axes
+
+
 def state_shardings(abstract_tree, mesh: jax.sharding.Mesh):
   """NamedShardings for a tree holding nnx Variables (a model state, a train state).
 
@@ -97,7 +116,7 @@ def state_shardings(abstract_tree, mesh: jax.sharding.Mesh):
 
   def sharding_of(node):
     if isinstance(node, nnx.Variable):
-      axes = node.get_metadata().get("out_sharding") or ()
+      axes = variable_axes(node) or ()
       return node.replace(NamedSharding(mesh, logical_to_spec(axes, mesh_axes=mesh.axis_names)))
     return NamedSharding(mesh, PartitionSpec())
 

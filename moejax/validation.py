@@ -24,6 +24,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   task = task_lib.get(config)
   task.check(config)
   task_lib.aux_loss_weights(config, task)
+  _require(config.train.get("microbatches", 1) >= 1,
+           f"config.train.microbatches={config.train.get('microbatches')} must be >= 1")
   for field in ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batches"):
     _require(config.train[field] > 0, f"config.train.{field}={config.train[field]} must be > 0")
   _require(config.optim.warmup_steps < config.train.steps,
@@ -57,14 +59,35 @@ def mesh_axis_sizes(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> di
   return sizes
 
 
+def _mesh_size(sizes: dict[str, int], rules, logical: str) -> tuple[tuple[str, ...], int]:
+  """(mesh axes, their total size) of the logical axis ``logical`` under ``rules``."""
+  axes = dict(rules).get(logical) or ()
+  axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a in sizes)
+  return axes, math.prod(sizes[axis] for axis in axes)
+
+
 def validate_run(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
   """Checks a full training config; returns the resolved mesh axis sizes."""
   validate_config(config)
   sizes = mesh_axis_sizes(config.mesh, num_devices)
-  batch_axes = dict(config.sharding_rules).get("batch") or ()
-  batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
-  data_parallel = math.prod(sizes.get(axis, 1) for axis in batch_axes)
-  _require(config.data.batch_size % data_parallel == 0,
-           f"config.data.batch_size={config.data.batch_size} is not divisible by the "
-           f"data-parallel size {data_parallel} (mesh axes {batch_axes} of {sizes})")
+  rules = config.sharding_rules
+  batch_axes, data_parallel = _mesh_size(sizes, rules, "batch")
+  microbatches = config.train.get("microbatches", 1)
+  _require(config.data.batch_size % (data_parallel * microbatches) == 0,
+           f"config.data.batch_size={config.data.batch_size} is not divisible by "
+           f"config.train.microbatches={microbatches} times the data-parallel size "
+           f"{data_parallel} (mesh axes {batch_axes} of {sizes})")
+  moe = config.model.get("moe")
+  if moe is not None and config.model.get("moe_every", 1):
+    expert_axes, expert_parallel = _mesh_size(sizes, rules, "expert")
+    _require(moe.num_experts % expert_parallel == 0,
+             f"config.model.moe.num_experts={moe.num_experts} is not divisible by the "
+             f"expert-parallel size {expert_parallel} (mesh axes {expert_axes} of {sizes})")
+    _require(expert_parallel == 1 or set(expert_axes) <= set(batch_axes),
+             f"config.sharding_rules: the batch rule {batch_axes} must include the expert "
+             f"mesh axes {expert_axes} (tokens are exchanged among the expert axis' devices)")
+    hidden_axes, hidden_parallel = _mesh_size(sizes, rules, "mlp")
+    _require(moe.d_ff % hidden_parallel == 0,
+             f"config.model.moe.d_ff={moe.d_ff} is not divisible by the tensor-parallel size "
+             f"{hidden_parallel} (mesh axes {hidden_axes} of {sizes})")
   return sizes

@@ -36,21 +36,25 @@ def test_bad_mesh_and_microbatches_fail_before_compiling():
   with pytest.raises(ConfigError, match="config.train.microbatches"):
     plan.prepare_config(config, slice_, microbatches=4)
   prepared, sizes = plan.prepare_config(config, slice_, mesh={"fsdp": 4}, microbatches=1)
-  assert sizes == {"data": 1, "fsdp": 4}
+  assert sizes == {"data": 1, "fsdp": 4, "expert": 1, "tensor": 1}
   with config.unlocked():  # a train step with gradient accumulation has the field
     config.train.microbatches = 1
-  prepared, _ = plan.prepare_config(config, slice_, microbatches=4)
-  assert prepared.train.microbatches == 4 and config.train.microbatches == 1
+  prepared, _ = plan.prepare_config(config, slice_, mesh={"fsdp": 4}, microbatches=2)
+  assert prepared.train.microbatches == 2 and config.train.microbatches == 1
 
 
 def test_mesh_candidates_follow_the_sharding_rules():
   config = lm_moe.get_config("paper")
   config.model.moe.num_experts = 64
+  default_rules = list(config.sharding_rules)  # batch on (data, fsdp, expert), mlp on tensor
+  drop = lambda v: [a for a in ([v] if isinstance(v, str) else v or [])
+                    if a not in ("expert", "tensor")] or None
+  config.sharding_rules = [(k, drop(v)) for k, v in default_rules]
   assert sweep.candidate_meshes(config, 64) == [{"fsdp": 64}]  # no rule targets "expert"
-  config.sharding_rules = [*config.sharding_rules[:2], ("expert", "expert"),
-                           *config.sharding_rules[3:]]
+  config.sharding_rules = default_rules
   assert sweep.candidate_meshes(config, 64) == [
-      {"fsdp": 64}, {"fsdp": 1, "expert": 64}, {"fsdp": 8, "expert": 8}]
+      {"fsdp": 64}, {"fsdp": 1, "expert": 64}, {"fsdp": 8, "expert": 8},
+      {"fsdp": 16, "tensor": 4}]
   assert sweep.candidate_meshes(config, 4) == [{"fsdp": 4}, {"fsdp": 1, "expert": 4}]
 
 

@@ -26,6 +26,15 @@ Fields:
                       default does not follow the backend: a config means the same program
                       wherever it is read, and the kernels are checked on CPU (interpreted,
                       cross-lowered, Mosaic-compiled) but not yet timed on hardware.
+  ep_exchange         how tokens travel between devices under expert parallelism (a mesh axis
+                      ``expert`` > 1, moejax/moe/expert_parallel.py): "ragged"
+                      (``lax.ragged_all_to_all``: TPU, GPU), "dense" (a padded dense all-to-all,
+                      exact, P times the send buffer; the only one XLA:CPU runs), or "auto"
+                      (ragged unless the default backend is the CPU; set "ragged" to compile for
+                      a TPU topology from a CPU host). With a capacity factor the chunks are
+                      bounded by the capacity, so "dense" costs no padding beyond it.
+                      Under a mesh the dispatch runs per data shard: a capacity (without
+                      ``group_size``) is per device's tokens, not per global batch.
   group_size, capacity_multiple
                       per-group routing (V-MoE): the tokens are cut into groups of
                       ``group_size`` consecutive tokens (e.g. the patches of a few images);
@@ -75,6 +84,7 @@ class MoEConfig:
   dispatch: str = "sorted"
   capacity_factor: Optional[float] = None
   batch_prioritized: bool = False
+  ep_exchange: str = "auto"
   group_size: Optional[int] = None
   capacity_multiple: int = 1
   num_tasks: int = 0
@@ -116,6 +126,9 @@ class MoEConfig:
             f"{p}.dispatch={self.dispatch!r} is not one of {sorted(STRATEGIES)}")
     require(self.capacity_factor is None or self.capacity_factor > 0,
             f"{p}.capacity_factor={self.capacity_factor} must be > 0 or None (dropless)")
+    from moejax.moe.expert_parallel import EP_EXCHANGES  # pylint: disable=import-outside-toplevel
+    require(self.ep_exchange in EP_EXCHANGES,
+            f"{p}.ep_exchange={self.ep_exchange!r} is not one of {EP_EXCHANGES}")
     require(self.group_size is None or self.group_size >= 1,
             f"{p}.group_size={self.group_size} must be >= 1 or None (one group)")
     require(self.capacity_multiple >= 1,

@@ -8,6 +8,9 @@ The pipeline, for tokens x_TD (the batch and sequence flattened):
                weighted by the routing; the router supplies the capacity options;
      With ``cfg.group_size`` and a capacity, each group of tokens gets its own capacity first
      (plan.drop_over_group_capacity, V-MoE's per-group routing);
+     Under a mesh with sharding rules the dispatch runs per device on its own tokens, and with
+     an ``expert`` mesh axis the tokens are exchanged with the experts' devices
+     (expert_parallel.py; the same strategies run on each device);
   3. shared    plus an always-on shared SwiGLU branch when ``cfg.shared_d_ff > 0`` (DiT-MoE,
                DeepSeekMoE).
 A new router is one ``Router`` subclass and one ``ROUTERS`` entry: nothing here names a router.
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moejax.layers.mlp import SwiGLU
-from moejax.moe import losses, plan
+from moejax.moe import expert_parallel, losses, plan
 from moejax.moe.config import MoEConfig
 from moejax.moe.dispatch import dispatch
 from moejax.moe.experts import EXPERTS
@@ -93,19 +96,13 @@ class MoELayer(nnx.Module):
                        f"{batch * seq} tokens of this batch ({batch} x {seq})")
     task_T = None if task_B is None else jnp.repeat(task_B, seq)
     routing, router_aux = self.router(x_TD, task_T)
-    options = self.router.dispatch_options(batch * seq)
-    kept, group_dropped = routing, None
-    if cfg.group_size is not None and cfg.capacity_factor is not None:
-      # Per-group capacity (V-MoE): drop here, then dispatch what is left without a limit.
-      rows = plan.capacity(cfg.group_size, cfg.top_k, cfg.num_experts, cfg.capacity_factor,
-                           cfg.capacity_multiple)
-      kept, group_dropped = plan.drop_over_group_capacity(routing, cfg.group_size, rows,
-                                                          cfg.batch_prioritized)
-      options["capacity_factor"] = None
-    y_TD, stats = dispatch(cfg.dispatch, x_TD, kept, self.experts, **options)
-    if group_dropped is not None:
-      stats["dropped_fraction"] = group_dropped
-    y_BSD = y_TD.reshape(batch, seq, d_model)
+    sharded = expert_parallel.sharded_dispatch(self._dispatch_local, x_BSD, routing,
+                                               self.experts, num_experts=cfg.num_experts)
+    if sharded is None:
+      y_TD, stats, kept_TK = self._dispatch_local(x_TD, routing, self.experts, (), 1)
+      y_BSD = y_TD.reshape(batch, seq, d_model)
+    else:
+      y_BSD, stats, kept_TK = sharded
     if self.shared is not None:
       y_BSD = y_BSD + self.shared(x_BSD).astype(y_BSD.dtype)
     group = seq if cfg.balance_per_sequence else None
@@ -121,8 +118,38 @@ class MoELayer(nnx.Module):
     if cfg.bias_update_rate:
       aux[EXPERT_LOAD] = losses.expert_load(routing)
     if cfg.return_choices:
-      aux[EXPERT_CHOICES] = jnp.where(kept.active(), kept.expert_ids_TK, -1)
+      aux[EXPERT_CHOICES] = jnp.where(kept_TK, routing.expert_ids_TK, -1)
     return y_BSD, aux
+
+  def _dispatch_local(self, x_TD, routing, experts, expert_axes, num_expert_devices):
+    """(y_TD, stats, kept_TK) of these tokens: on one device all of them, under a mesh one
+    device's (expert_parallel.py); ``experts`` are then its share on ``expert_axes``."""
+    cfg = self.cfg
+    num_tokens = x_TD.shape[0]
+    if cfg.group_size is not None and num_tokens % cfg.group_size:
+      raise ValueError(f"config.model.moe.group_size={cfg.group_size} does not divide the "
+                       f"{num_tokens} tokens of a device's share of this batch")
+    options = self.router.dispatch_options(num_tokens)
+    kept, group_dropped = routing, None
+    if cfg.group_size is not None and cfg.capacity_factor is not None:
+      # Per-group capacity (V-MoE): drop here, then dispatch what is left without a limit.
+      rows = plan.capacity(cfg.group_size, cfg.top_k, cfg.num_experts, cfg.capacity_factor,
+                           cfg.capacity_multiple)
+      kept, group_dropped = plan.drop_over_group_capacity(routing, cfg.group_size, rows,
+                                                          cfg.batch_prioritized)
+      options["capacity_factor"] = None
+    if num_expert_devices > 1:
+      dense = cfg.ep_exchange == "dense" or (cfg.ep_exchange == "auto"
+                                             and jax.default_backend() == "cpu")
+      y_TD, stats = expert_parallel.ep_dispatch(
+          cfg.dispatch, x_TD, kept, experts, axis=expert_axes, num_devices=num_expert_devices,
+          capacity_factor=options.get("capacity_factor"),
+          batch_prioritized=options.get("batch_prioritized", False), dense=dense)
+    else:
+      y_TD, stats = dispatch(cfg.dispatch, x_TD, kept, experts, **options)
+    if group_dropped is not None:
+      stats["dropped_fraction"] = group_dropped
+    return y_TD, stats, kept.active()
 
   def update_bias(self, load_E):
     """The aux-free balancing step after a training step, from that step's ``aux["expert_load"]``.

@@ -57,6 +57,9 @@ def prepare_config(config: ml_collections.ConfigDict, topology: Topology,
       elif microbatches != 1:
         raise ConfigError(f"--microbatches={microbatches}: this train step has no "
                           "config.train.microbatches (gradient accumulation)")
+    moe = config.model.get("moe")
+    if moe is not None and moe.get("ep_exchange") == "auto":  # "auto" reads this CPU host's
+      moe.ep_exchange = "ragged"  # backend; the plan is for TPU chips (moejax/moe/config.py)
   sizes = validation.validate_run(config, topology.num_chips)
   return config, sizes
 

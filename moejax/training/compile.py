@@ -42,7 +42,8 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh=None, compile_: b
   """Lowers (and compiles) the config's train step on ``mesh`` (default: 1 device).
 
   Returns {"lower_s", "hlo_text"} (the lowered StableHLO) and, compiled, {"compile_s",
-  "argument_bytes"} (the executable's input size: train state and batch).
+  "argument_bytes", "temp_bytes"} (the executable's input size: train state and batch; its
+  temporaries).
   """
   lowered, lower_s = lower_train_step(config, mesh)
   timings = {"lower_s": lower_s, "hlo_text": lowered.as_text()}
@@ -53,4 +54,5 @@ def compile_train_step(config: ml_collections.ConfigDict, mesh=None, compile_: b
     memory = compiled.memory_analysis()
     if memory is not None:
       timings["argument_bytes"] = memory.argument_size_in_bytes
+      timings["temp_bytes"] = memory.temp_size_in_bytes
   return timings

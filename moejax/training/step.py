@@ -9,6 +9,16 @@ MoE layers' non-gradient state in ``TrainState.model_state`` (checkpointed and r
 next step after it, and applies the aux-loss-free bias update from the step's per-layer expert
 loads after the gradient. The eval step runs the model in eval mode (final top_k, no noise).
 
+With ``config.train.microbatches`` = M > 1 the batch is cut into M microbatches (row i of
+microbatch m is row i*M + m, so each device cuts its own rows, no data moves) and the gradient
+is the mean of the M microbatch gradients, accumulated in a ``lax.scan`` in a buffer sharded like
+the parameters (gradient accumulation: the memory of one microbatch, the update of the whole
+batch). The logged loss and aux values are microbatch means. This is exactly one big batch's
+gradient when every microbatch has as many loss positions as the others (the synthetic data;
+padded batches weigh microbatches equally) and the aux losses are per-token means; batch
+statistics inside a loss (the load-balance loss' expert fractions, per-shard capacity) are
+taken per microbatch, as in MaxText.
+
 An *objective* is ``objective(model, batch) -> (loss, aux)``: ``Task.loss`` for pre-training,
 the clipped policy-gradient loss for GRPO (moejax/posttrain/grpo.py).
 """
@@ -18,10 +28,12 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
 
+from moejax import sharding
 from moejax.moe.layer import EXPERT_LOAD, set_moe_step
 from moejax.training import task as task_lib
 from moejax.training.optimizer import make_optimizer
@@ -51,12 +63,52 @@ def build_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
   task = task_lib.get(config)
   tx, schedule = make_optimizer(config.optim, config.train.steps)
   weights = task_lib.aux_loss_weights(config, task)
-  return make_train_step(graphdef, tx, schedule, task.loss, weights), tx, schedule
+  return make_train_step(graphdef, tx, schedule, task.loss, weights,
+                         microbatches=config.train.get("microbatches", 1)), tx, schedule
+
+
+def split_microbatches(batch: dict, microbatches: int) -> dict:
+  """[M, B/M, ...] per field: microbatch m holds rows m, M + m, 2M + m, ... (each device's
+  rows stay on it when B/M divides over the batch axes)."""
+  def split(x):
+    rows_BM = x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
+    rows_BM = sharding.constrain(rows_BM, ("batch",) + (None,) * (rows_BM.ndim - 1))
+    return jnp.moveaxis(rows_BM, 1, 0)
+  return jax.tree.map(split, batch)
+
+
+def _like_params(tree):
+  """``tree`` (a gradient) with each Variable constrained to its parameter's logical axes."""
+  def constrain(variable):
+    axes = sharding.variable_axes(variable)
+    return variable if axes is None else variable.replace(sharding.constrain(variable[...], axes))
+  return jax.tree.map(constrain, tree, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def accumulate_gradients(grad_fn, params, model_state, batch, microbatches: int):
+  """``grad_fn(params, model_state, batch)`` -> ((total, (loss, aux)), grads), averaged over
+  ``microbatches`` microbatches of ``batch`` in a scan (one microbatch: a plain call)."""
+  if microbatches == 1:
+    return grad_fn(params, model_state, batch)
+  micro = split_microbatches(batch, microbatches)
+  first = jax.tree.map(lambda x: x[0], micro)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                       jax.eval_shape(grad_fn, params, model_state, first))
+  zeros = (zeros[0], _like_params(zeros[1]))
+
+  def body(acc, microbatch):
+    out = grad_fn(params, model_state, microbatch)
+    acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, out)
+    return (acc[0], _like_params(acc[1])), None
+
+  summed, _ = jax.lax.scan(body, zeros, micro)
+  return jax.tree.map(lambda a: (a / microbatches).astype(a.dtype), summed)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, objective: Objective,
-                    aux_weights: dict[str, float], step_offset: int = 0) -> Callable:
+                    aux_weights: dict[str, float], step_offset: int = 0,
+                    microbatches: int = 1) -> Callable:
   """``train_step(state, batch) -> (state, metrics)``.
 
   Args:
@@ -66,6 +118,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     aux_weights: weight of each auxiliary loss by aux name (every name must be in aux).
     step_offset: added to ``state.step`` for the MoE step (post-training continues the
       pre-training's schedule and noise stream instead of restarting them).
+    microbatches: gradient accumulation over this many microbatches (module docstring).
   """
 
   def loss_fn(params, model_state, batch):
@@ -76,7 +129,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def train_step(state: TrainState, batch):
     model_state = set_moe_step(state.model_state, state.step + step_offset)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (total, (loss, aux)), grads = grad_fn(state.params, model_state, batch)
+    (total, (loss, aux)), grads = accumulate_gradients(grad_fn, state.params, model_state,
+                                                       batch, microbatches)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     expert_load_ME = aux.pop(EXPERT_LOAD, None)

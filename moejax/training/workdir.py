@@ -14,8 +14,14 @@ import ml_collections
 from moejax.training.logging import write_json
 from moejax.validation import ConfigError
 
-# Fields that may change between invocations without changing the run's results.
-VOLATILE_FIELDS = ("train.progress_bar",)
+# Fields that may change between invocations without changing the run's results: the progress
+# bar, and the parallel layout (a run resumes on another mesh: the checkpoint is restored with
+# the new mesh's shardings, docs/parallelism.md). A name covers the fields under it.
+VOLATILE_FIELDS = ("train.progress_bar", "mesh", "sharding_rules", "model.moe.ep_exchange")
+
+
+def _volatile(key: str) -> bool:
+  return any(key == name or key.startswith(name + ".") for name in VOLATILE_FIELDS)
 
 
 def _flatten(tree, prefix=""):
@@ -42,7 +48,7 @@ def check_compatible(workdir: str, config: ml_collections.ConfigDict) -> bool:
     old = _flatten(json.load(f))
   new = _flatten(config_dict(config))
   differing = sorted(k for k in set(old) | set(new)
-                     if k not in VOLATILE_FIELDS and old.get(k) != new.get(k))
+                     if not _volatile(k) and old.get(k) != new.get(k))
   if differing:
     details = ", ".join(f"config.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:8])
     raise ConfigError(f"workdir {workdir} holds a run with a different config ({details}); "

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kernels_pallas.shard import match_varying
 from moejax.moe import plan as planning
 from moejax.moe.dispatch import sorted_blocks
 from moejax.moe.dispatch.base import Strategy, scatter_weighted, take_rows
@@ -100,8 +101,12 @@ def compute(x_ECD, experts: nnx.Module, ctx: SortedContext):
   if not ctx.tables:
     return experts(x_ECD, expert_matmul), jnp.zeros(ctx.x_TD.shape, jnp.float32)
   graphdef, expert_state = sorted_blocks.split_experts(experts)
-  return sorted_blocks.batched_and_blocks(graphdef, ctx.block_rows, x_ECD, ctx.x_TD,
-                                          ctx.weights_A, expert_state, ctx.tables)
+  # Under shard_map: one varying type for every operand of the custom VJP (kernels_pallas/
+  # shard.py); the transposes of these casts sum the gradients of the less varying ones.
+  leaves, treedef = jax.tree.flatten(expert_state)
+  x_ECD, x_TD, weights_A, *leaves = match_varying(x_ECD, ctx.x_TD, ctx.weights_A, *leaves)
+  return sorted_blocks.batched_and_blocks(graphdef, ctx.block_rows, x_ECD, x_TD, weights_A,
+                                          treedef.unflatten(leaves), ctx.tables)
 
 
 def combine(outputs, ctx: SortedContext):

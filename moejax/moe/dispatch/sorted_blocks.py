@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from kernels_pallas.shard import match_varying
 from moejax.moe.dispatch.base import take_rows
 from moejax.moe.experts import expert_matmul
 
@@ -176,6 +177,12 @@ def split_experts(experts: nnx.Module):
   return graphdef, expert_state
 
 
+def _zeros_like_varying(shape, like):
+  """float32 zeros that vary over the mesh axes ``like`` varies over (inside shard_map; the
+  loops' carries must keep one type)."""
+  return match_varying(jnp.zeros(shape, jnp.float32), like)[0]
+
+
 def _batched(graphdef, x_ECD, expert_state):
   return nnx.merge(graphdef, expert_state)(x_ECD, expert_matmul)
 
@@ -186,9 +193,10 @@ def batched_and_blocks(graphdef, block_rows: tuple[int, ...], x_ECD, x_TD, weigh
   """(experts(x_ECD) batched by expert, sum of the block passes scattered into [T, D] float32).
 
   ``graphdef``/``expert_state`` are the ``nnx.split`` of the experts module; ``tables[i]``
-  describes block pass i, whose blocks have ``block_rows[i]`` rows.
+  describes block pass i, whose blocks have ``block_rows[i]`` rows. Inside shard_map the
+  differentiable operands must vary over the same mesh axes (``match_varying``).
   """
-  y_TD = jnp.zeros(x_TD.shape, jnp.float32)
+  y_TD = _zeros_like_varying(x_TD.shape, x_TD)
   for rows, pass_tables in zip(block_rows, tables):
     y_TD = _blocks_forward(graphdef, rows, pass_tables, x_TD, weights_A, expert_state, y_TD)
   return _batched(graphdef, x_ECD, expert_state), y_TD
@@ -196,7 +204,7 @@ def batched_and_blocks(graphdef, block_rows: tuple[int, ...], x_ECD, x_TD, weigh
 
 def _batched_and_blocks_fwd(graphdef, block_rows, x_ECD, x_TD, weights_A, expert_state, tables):
   y_ECD, batched_vjp = jax.vjp(functools.partial(_batched, graphdef), x_ECD, expert_state)
-  y_TD = jnp.zeros(x_TD.shape, jnp.float32)
+  y_TD = _zeros_like_varying(x_TD.shape, x_TD)
   for rows, pass_tables in zip(block_rows, tables):
     y_TD = _blocks_forward(graphdef, rows, pass_tables, x_TD, weights_A, expert_state, y_TD)
   return (y_ECD, y_TD), (batched_vjp, x_TD, weights_A, expert_state, tables)
@@ -206,7 +214,8 @@ def _batched_and_blocks_bwd(graphdef, block_rows, residuals, cotangents):
   batched_vjp, x_TD, weights_A, expert_state, tables = residuals
   dy_ECD, dy_TD = cotangents
   dx_ECD, dstate = batched_vjp(dy_ECD)
-  grads = (jnp.zeros(x_TD.shape, jnp.float32), jnp.zeros(weights_A.shape, jnp.float32), dstate)
+  grads = (_zeros_like_varying(x_TD.shape, x_TD), _zeros_like_varying(weights_A.shape, x_TD),
+           dstate)
   for rows, pass_tables in zip(block_rows, tables):
     grads = _blocks_backward(graphdef, rows, pass_tables, x_TD, weights_A, expert_state, dy_TD,
                              grads)
