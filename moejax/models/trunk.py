@@ -151,6 +151,10 @@ class TrunkConfig:
   def num_moe_layers(self) -> int:
     return sum(self.placement)
 
+  def aux_loss_defaults(self) -> dict[str, float]:
+    """The auxiliary losses the trunk returns (its MoE layers'), with default weights."""
+    return self.moe.aux_loss_defaults() if self.num_moe_layers else {}
+
   def dtypes(self) -> dict:
     return {"param_dtype": DTYPES[self.param_dtype], "dtype": DTYPES[self.dtype]}
 

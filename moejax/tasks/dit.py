@@ -98,8 +98,7 @@ class DiTTask(Task):
     return loss, {**aux["moe"], **metrics}
 
   def aux_loss_defaults(self, model: ml_collections.ConfigDict) -> dict[str, float]:
-    trunk = trunk_config(model)
-    return trunk.moe.aux_loss_defaults() if trunk.num_moe_layers else {}
+    return trunk_config(model).aux_loss_defaults()
 
   def batch_spec(self, config: ml_collections.ConfigDict) -> dict[str, BatchField]:
     model, b = config.model, config.data.batch_size

@@ -47,8 +47,7 @@ class LMTask(Task):
     return masked_cross_entropy(logits_BTV, batch["targets"], batch["loss_mask"]), aux
 
   def aux_loss_defaults(self, model: ml_collections.ConfigDict) -> dict[str, float]:
-    trunk = trunk_config(model)
-    return trunk.moe.aux_loss_defaults() if trunk.num_moe_layers else {}
+    return trunk_config(model).aux_loss_defaults()
 
   def batch_spec(self, config: ml_collections.ConfigDict) -> dict[str, BatchField]:
     shape = (config.data.batch_size, config.data.seq_len)
