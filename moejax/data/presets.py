@@ -8,8 +8,8 @@ Presets:
   smoke  builds in seconds; for tests.
   tiny   single tiny runs on a CPU (configs/lm_moe.py:tiny): 512 people, modulus-23 problems.
   study  the data of the tiny sparsity study (configs/sweeps/optimal_sparsity.py:tiny): 192
-         people x 5 attributes, so that in 800 steps of 16 x 128 tokens each fact is seen ~20
-         times as QA and ~20 times in a biography; modulus-7 problems of 1-3 operations from a
+         people x 5 attributes, so that in 800 steps of 16 x 128 tokens each fact is seen ~30
+         times as QA and ~30 times in a biography; modulus-7 problems of 1-3 operations from a
          pool too large to memorise. docs/calibration.md records how it was chosen.
   small  4x the population of tiny and longer problems; for a laptop-sized GPU or a TPU host.
 
@@ -177,13 +177,13 @@ PRESETS: dict[str, Preset] = {
             attributes=(("birth_date", 0), ("birth_city", 32), ("university", 32), ("major", 16),
                         ("employer", 32)),
             date_days=8, date_years=4, bios_per_person=1),
-        # A pool of 6,000 worked problems: 800 steps of 16 x 128 tokens at half the mixture read
-        # each about once, so none can be memorised (docs/calibration.md).
+        # A pool of 6,000 worked problems, more than 800 steps of 16 x 128 tokens read at this
+        # mixture, so none can be memorised (docs/calibration.md).
         reasoning=ReasoningConfig(modulus=7, min_ops=1, max_ops=3, train_per_difficulty=2000,
                                   eval_per_difficulty=32, novel_from=2),
         filler=FillerConfig(num_docs=100),
         vocab_size=384,
-        mixture=(("memorization", 0.5), ("reasoning", 0.5), ("filler", 0.0)),
+        mixture=(("memorization", 0.7), ("reasoning", 0.3), ("filler", 0.0)),
     ),
     "small": Preset(
         name="small",
