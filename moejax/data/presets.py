@@ -177,8 +177,8 @@ PRESETS: dict[str, Preset] = {
             attributes=(("birth_date", 0), ("birth_city", 32), ("university", 32), ("major", 16),
                         ("employer", 32)),
             date_days=8, date_years=4, bios_per_person=1),
-        # A pool of 6,000 worked problems, more than 800 steps of 16 x 128 tokens read at this
-        # mixture, so none can be memorised (docs/calibration.md).
+        # A pool of 6,000 worked problems (551k tokens): 800 steps of 16 x 128 tokens read 0.9
+        # of it at this mixture, so no problem repeats (docs/calibration.md).
         reasoning=ReasoningConfig(modulus=7, min_ops=1, max_ops=3, train_per_difficulty=2000,
                                   eval_per_difficulty=32, novel_from=2),
         filler=FillerConfig(num_docs=100),
