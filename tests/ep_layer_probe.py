@@ -27,7 +27,11 @@ B, S, D = 8, 16, 32
 def value_and_grads(layer_state, graphdef, x_BSD, c_BSD):
   def loss(state, x):
     y, aux = nnx.merge(graphdef, state)(x)
-    return jnp.sum(y * c_BSD) + aux["load_balance_loss"], aux["dropped_fraction"]
+    terms = y * c_BSD
+    # The root-sum-square of the summed terms: the natural scale of a sum of random-sign terms,
+    # against which float32 reordering error is measured (the value itself may cancel to ~0).
+    rss = jax.lax.stop_gradient(jnp.sqrt(jnp.sum(terms**2)))
+    return jnp.sum(terms) + aux["load_balance_loss"], (aux["dropped_fraction"], rss)
   return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(layer_state, x_BSD)
 
 
@@ -46,19 +50,19 @@ def run_case(case):
       hlo = step.lower(state_m, graphdef, x, c).as_text()
     return {**case, "ragged_all_to_all": hlo.count("ragged_all_to_all"),
             "all_to_all": hlo.count("all_to_all")}
-  (v1, d1), (gs1, gx1) = step(state, graphdef, x, c)
+  (v1, (d1, rss)), (gs1, gx1) = step(state, graphdef, x, c)
   with sharding.use_rules(lm_moe.sharding_rules()), jax.set_mesh(mesh):
     shardings = sharding.state_shardings(state, mesh)
     state_m = jax.device_put(state, shardings)
     rows = NamedSharding(mesh, sharding.logical_to_spec(("batch", None, None),
                                                         mesh_axes=mesh.axis_names))
     x_m, c_m = jax.device_put(x, rows), jax.device_put(c, rows)
-    (vm, dm), (gsm, gxm) = step(state_m, graphdef, x_m, c_m)
+    (vm, (dm, _)), (gsm, gxm) = step(state_m, graphdef, x_m, c_m)
     hlo = step.lower(state_m, graphdef, x_m, c_m).as_text()
   diff = lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
   grads = jax.tree.leaves(jax.tree.map(diff, gs1, gsm))
   scale = max(float(np.max(np.abs(np.asarray(g)))) for g in jax.tree.leaves(gs1))
-  return {**case, "loss": diff(v1, vm), "loss_value": float(v1), "dropped": [float(d1), float(dm)],
+  return {**case, "loss": diff(v1, vm), "loss_value": float(v1), "loss_scale": float(rss), "dropped": [float(d1), float(dm)],
           "dx": diff(gx1, gxm), "dparams": max(grads), "grad_scale": scale,
           "all_to_all": hlo.count("all_to_all"), "shard_map": "shard_map" in hlo
           or "sdy.manual_computation" in hlo}

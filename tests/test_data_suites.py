@@ -10,6 +10,7 @@ from moejax.data import filler
 from moejax.data import memorization
 from moejax.data import presets
 from moejax.data import reasoning
+from moejax.data import reasoning_chain
 from moejax.data import records
 from moejax.data import suites
 
@@ -224,3 +225,46 @@ _PINNED_SMOKE = {
     "reasoning/test": "d0968a582f12dc40",
     "filler/train": "c41fa31803cade70",
 }
+
+
+CHAIN = presets.ReasoningConfig(modulus=7, min_ops=1, max_ops=4, train_per_difficulty=300,
+                                eval_per_difficulty=20, novel_from=2, format="chain")
+
+
+def test_chain_solutions_are_correct_and_steps_follow_the_problem():
+  for ex in reasoning.examples(CHAIN, 0, records.TRAIN)[:200]:
+    start, ops = re.match(r"Chain \(mod 7\): =(\d) ((?:[-+*]\d ?)+)\. Solution:$",
+                          ex.prompt).groups()
+    value, expect = int(start), [f"={start}"]
+    for op, operand in re.findall(r"([-+*])(\d)", ops):
+      value = {"+": value + int(operand), "-": value - int(operand),
+               "*": value * int(operand)}[op] % 7
+      expect.append(f"{op}{operand}={value}")
+    assert ex.target == f" {' '.join(expect)}. Answer: {value}"
+    assert ex.answer == str(value) and ex.difficulty == len(expect) - 1
+
+
+def test_chain_novelty_and_canonical_form():
+  probs = reasoning.problems(CHAIN, 0)
+  for d in (2, 3, 4):
+    train = [p.canonical_hash for p in probs[records.TRAIN][d]]
+    test = [p.canonical_hash for p in probs[records.TEST][d]]
+    assert len(set(train)) == 300 and len(set(test)) == 20 and not set(train) & set(test)
+  # One operation: 3 ops x 7 x 7 = 147 chains, fewer than asked; drawn freely below novel_from.
+  assert len({p.canonical_hash for p in probs[records.TRAIN][1]}) <= 147
+  a = reasoning_chain.ChainProblem(7, 3, (("+", 4), ("*", 2)))
+  b = reasoning_chain.ChainProblem(7, 3, (("*", 2), ("+", 4)))
+  assert a.canonical_hash != b.canonical_hash and (a.answer, b.answer) == (0, 3)
+  with pytest.raises(ValueError, match="format"):
+    reasoning.problems(dataclasses.replace(CHAIN, format="tree"), 0)
+
+
+def test_chain_steps_are_single_tokens():
+  from moejax.data import tokenizer  # pylint: disable=import-outside-toplevel
+  symbols = reasoning_chain.tokenizer_symbols(7, "+-*")
+  texts = [ex.text for ex in reasoning.examples(CHAIN, 0, records.TRAIN)]
+  tok = tokenizer.Tokenizer(tokenizer.train_model(texts, 96, symbols))
+  pieces = tok.pieces("Chain (mod 7): =3 +4 *2. Solution: =3 +4=0 *2=0. Answer: 0")
+  start = pieces.index("\u2581Solution")
+  assert pieces[start + 3:start + 8] == ["=3", "\u2581+4", "=0", "\u2581*2", "=0"]
+  assert pieces[pieces.index("):") + 2:pieces.index("):") + 5] == ["=3", "\u2581+4", "\u2581*2"]

@@ -71,8 +71,11 @@ LAYER_CASES = [
 
 def test_moe_layer_on_meshes_matches_one_device():
   """The MoE layer alone (value, input and parameter gradients of a fixed loss) on 8 devices
-  against one device: 1e-6 absolute on values of order 1 (float32 sums in another order);
-  tokens are exchanged with all-to-all exactly where the expert axis is > 1."""
+  against one device, to 1e-6 of each quantity's scale: float32 sums in another order differ by a
+  few ulps of the summed terms' magnitude (for the loss, a sum of 4,096 random-sign terms, the
+  root-sum-square of the terms, not its value, which may cancel); gradients likewise against the
+  largest gradient entry. Tokens are exchanged with all-to-all exactly where the expert axis is
+  > 1."""
   proc = run_module("tests.ep_layer_probe", json.dumps(LAYER_CASES), env=EIGHT, timeout=900)
   results = [json.loads(line) for line in proc.stdout.strip().splitlines()
              if line.startswith("{")]
@@ -84,7 +87,7 @@ def test_moe_layer_on_meshes_matches_one_device():
     assert result["shard_map"], result
     assert (result["all_to_all"] > 0) == (case["mesh"].get("expert", 1) > 1), result
     assert result["dropped"][0] == result["dropped"][1], result
-    assert result["loss"] <= 1e-6 * max(1.0, abs(result["loss_value"])), result
+    assert result["loss"] <= 1e-6 * max(1.0, result["loss_scale"]), result
     assert result["dx"] <= 1e-6 and result["dparams"] <= 1e-6 * result["grad_scale"], result
 
 

@@ -164,7 +164,7 @@ def test_cli_plans_the_smoke_model_on_a_v5p_slice():
                     "--topology=v5p:2x2x1", "--mesh=data=2,fsdp=2", timeout=600)
   figures = json.loads(proc.stdout.strip().splitlines()[-1])
   assert figures["fits"] is True and figures["chips"] == 4
-  assert figures["mesh"] == {"data": 2, "fsdp": 2}
+  assert figures["mesh"] == {"data": 2, "fsdp": 2, "expert": 1, "tensor": 1}
   assert "fits" in proc.stdout.splitlines()[1]
   assert "WARNING" not in proc.stderr, proc.stderr[-2000:]  # libtpu's start-up is quiet
   assert 0 < figures["total_bytes"] <= figures["hbm_bytes"]

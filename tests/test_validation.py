@@ -33,7 +33,8 @@ def test_mesh_must_use_all_devices():
   config.mesh.update(data=2, fsdp=2)
   with pytest.raises(validation.ConfigError, match="has 4 devices, but 8 are available"):
     validation.validate_run(config, num_devices=8)
-  assert validation.validate_run(config, num_devices=4) == {"data": 2, "fsdp": 2}
+  assert validation.validate_run(config, num_devices=4) == {"data": 2, "fsdp": 2, "expert": 1,
+                                                            "tensor": 1}
 
 
 def _existing_workdir(tmp_path):

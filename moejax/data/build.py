@@ -36,7 +36,8 @@ from moejax.data import tokenizer
 
 
 def _write_tokenizer(data_dir: str, preset: presets.Preset) -> dict[str, Any]:
-  model = tokenizer.train_model(suites.training_texts(preset), preset.vocab_size)
+  model = tokenizer.train_model(suites.training_texts(preset), preset.vocab_size,
+                                suites.tokenizer_symbols(preset))
   path = layout.tokenizer_path(data_dir, preset.name)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(f"{path}.tmp{os.getpid()}", "wb") as f:

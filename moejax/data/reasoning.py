@@ -25,19 +25,14 @@ import functools
 import hashlib
 
 from moejax.data import presets
+from moejax.data import reasoning_chain
 from moejax.data import records
 from moejax.data import words
 
 _OPS = ("+", "-", "*")
 _COMMUTATIVE = ("+", "*")
-
-
-def _apply(op: str, a: int, b: int, p: int) -> int:
-  if op == "+":
-    return (a + b) % p
-  if op == "-":
-    return (a - b) % p
-  return (a * b) % p
+_apply = reasoning_chain.apply
+FORMATS = ("graph", "chain")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,12 +145,19 @@ def _random_problem(num_ops: int, cfg: presets.ReasoningConfig, gen) -> Problem:
       steps=tuple((name(("op", k)), ops[k][0], name(ops[k][1]), name(ops[k][2])) for k in order))
 
 
+def _draw(num_ops: int, cfg: presets.ReasoningConfig, gen):
+  """One random problem of ``num_ops`` operations in the configured format."""
+  if cfg.format == "chain":
+    return reasoning_chain.random_chain(num_ops, cfg.modulus, cfg.operations, gen)
+  return _random_problem(num_ops, cfg, gen)
+
+
 def _sample_distinct(num_ops: int, count: int, cfg: presets.ReasoningConfig, gen,
                      exclude: set[str]) -> list[Problem]:
   """``count`` problems of ``num_ops`` operations whose canonical hashes are new to ``exclude``."""
   found: list[Problem] = []
   if num_ops < cfg.novel_from:  # operation-table level: drawn freely (presets.ReasoningConfig)
-    return [_random_problem(num_ops, cfg, gen) for _ in range(count)]
+    return [_draw(num_ops, cfg, gen) for _ in range(count)]
   attempts = 0
   while len(found) < count:
     attempts += 1
@@ -163,7 +165,7 @@ def _sample_distinct(num_ops: int, count: int, cfg: presets.ReasoningConfig, gen
       raise ValueError(
           f"Could not find {count} distinct problems with {num_ops} operations mod "
           f"{cfg.modulus} (found {len(found)}); lower the counts or raise the modulus.")
-    problem = _random_problem(num_ops, cfg, gen)
+    problem = _draw(num_ops, cfg, gen)
     if problem.canonical_hash not in exclude:
       exclude.add(problem.canonical_hash)
       found.append(problem)
@@ -181,6 +183,8 @@ def problems(cfg: presets.ReasoningConfig, seed: int) -> dict[str, dict[int, lis
   if not cfg.operations or set(cfg.operations) - set(_OPS):
     raise ValueError(f"Reasoning operations {cfg.operations!r} must be a non-empty subset of "
                      f"{''.join(_OPS)!r}")
+  if cfg.format not in FORMATS:
+    raise ValueError(f"Reasoning format {cfg.format!r} must be one of {FORMATS}")
   if cfg.max_ops + cfg.max_inputs > len(words.NOUNS):
     raise ValueError(f"Problems need at most {len(words.NOUNS)} quantities")
   seen: set[str] = set()

@@ -25,6 +25,7 @@ from moejax.data import layout
 from moejax.data import memorization
 from moejax.data import presets
 from moejax.data import reasoning
+from moejax.data import reasoning_chain
 from moejax.data import records
 
 SPLITS = {
@@ -91,6 +92,14 @@ def metadata(suite: str, preset: str | presets.Preset = "tiny") -> dict[str, Any
     info["modulus"] = preset.reasoning.modulus
     info["difficulties"] = list(preset.reasoning.difficulties)
   return info
+
+
+def tokenizer_symbols(preset: presets.Preset) -> tuple[str, ...]:
+  """Pieces the preset's text needs as single tokens (the chain format's steps)."""
+  cfg = preset.reasoning
+  if cfg.format != "chain":
+    return ()
+  return reasoning_chain.tokenizer_symbols(cfg.modulus, cfg.operations)
 
 
 def training_texts(preset: str | presets.Preset) -> list[str]:

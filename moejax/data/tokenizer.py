@@ -30,8 +30,11 @@ EOS_ID = 1
 UNK_ID = 2
 
 
-def train_model(texts: Iterable[str], vocab_size: int) -> bytes:
-  """Trains a unigram SentencePiece model on ``texts``; returns the serialized model."""
+def train_model(texts: Iterable[str], vocab_size: int, symbols: Sequence[str] = ()) -> bytes:
+  """Trains a BPE SentencePiece model on ``texts``; returns the serialized model.
+
+  ``symbols`` are pieces that always stay one token (SentencePiece's user-defined symbols).
+  """
   buffer = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size,
@@ -39,7 +42,8 @@ def train_model(texts: Iterable[str], vocab_size: int) -> bytes:
       normalization_rule_name="identity", remove_extra_whitespaces=False,
       pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
       hard_vocab_limit=False, num_threads=1, input_sentence_size=0,
-      shuffle_input_sentence=False, max_sentence_length=1 << 16, minloglevel=2)
+      shuffle_input_sentence=False, max_sentence_length=1 << 16, minloglevel=2,
+      user_defined_symbols=list(symbols))
   return buffer.getvalue()
 
 
