@@ -78,3 +78,16 @@ def run_or_exit(fn: Callable[[], T]) -> T:
   except CheckpointError as e:
     print(f"checkpoint error: {e}", file=sys.stderr)
     sys.exit(1)
+
+
+def run_image_study(run_study: Callable[..., T]) -> Callable[[], T]:
+  """Defines the flags of a tiny image-study entry point (--preset tiny|smoke, --workdir,
+  --processes, --override) and returns a function of no arguments that runs ``run_study`` with
+  them (config errors end in one line, as ``run_or_exit``)."""
+  preset = flags.DEFINE_enum("preset", "tiny", ["tiny", "smoke"], "Sweep preset.")
+  workdir = flags.DEFINE_string("workdir", None, "Study directory.", required=True)
+  processes = flags.DEFINE_integer("processes", 2, "Runs trained at a time (child processes).")
+  override = flags.DEFINE_multi_string("override", [], "Per-run config override, a.b=value.")
+  return lambda: run_or_exit(lambda: run_study(
+      workdir.value, preset=preset.value, processes=processes.value,
+      overrides=tuple(override.value)))

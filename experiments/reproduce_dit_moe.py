@@ -11,22 +11,15 @@ timestep, class and position; writes DIR/report.md, DIR/summary.json and DIR/fig
 
 import json
 
-from absl import flags
-
 from experiments import cli
 from moejax.study.dit import run_study
 
-_PRESET = flags.DEFINE_enum("preset", "tiny", ["tiny", "smoke"], "Sweep preset.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory.", required=True)
-_PROCESSES = flags.DEFINE_integer("processes", 2, "Runs trained at a time (child processes).")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "Per-run config override, a.b=value.")
+_RUN_STUDY = cli.run_image_study(run_study)
 
 
 def main(argv):
   del argv
-  summary = cli.run_or_exit(lambda: run_study(
-      _WORKDIR.value, preset=_PRESET.value, processes=_PROCESSES.value,
-      overrides=tuple(_OVERRIDE.value)))
+  summary = _RUN_STUDY()
   print(json.dumps({"models": [{k: m.get(k) for k in ("name", "fd_cnn", "conditional_accuracy")}
                                for m in summary["models"]],
                     "fd_cnn_floor": summary["fd_cnn_floor"],

@@ -10,22 +10,15 @@ routing; writes DIR/report.md, DIR/summary.json and DIR/figures/ (moejax/study/v
 
 import json
 
-from absl import flags
-
 from experiments import cli
 from moejax.study.vmoe import run_study
 
-_PRESET = flags.DEFINE_enum("preset", "tiny", ["tiny", "smoke"], "Sweep preset.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Study directory.", required=True)
-_PROCESSES = flags.DEFINE_integer("processes", 2, "Runs trained at a time (child processes).")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "Per-run config override, a.b=value.")
+_RUN_STUDY = cli.run_image_study(run_study)
 
 
 def main(argv):
   del argv
-  summary = cli.run_or_exit(lambda: run_study(
-      _WORKDIR.value, preset=_PRESET.value, processes=_PROCESSES.value,
-      overrides=tuple(_OVERRIDE.value)))
+  summary = _RUN_STUDY()
   print(json.dumps({"spearman_accuracy_total_params": summary["spearman_accuracy_total_params"],
                     "task_accuracy": {k: v["accuracy"]
                                       for k, v in summary["task_routing"].items()},

@@ -3,11 +3,6 @@ and not absent structure, the paper configs lower abstractly, the smoke study ru
 and training resumes exactly after SIGKILL (EMA included)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -17,8 +12,7 @@ from configs import dit_moe
 from configs.sweeps import dit_moe as sweep
 from moejax import counting
 from moejax.study import dit_routing
-from moejax.training.logging import read_jsonl
-from tests.conftest import REPO
+from tests.conftest import train_straight_and_killed
 
 
 def test_sweep_dense_baselines_match_active_ffn_flops_and_names_are_unique():
@@ -79,38 +73,11 @@ def test_smoke_study_end_to_end(tmp_path, monkeypatch):
   assert "## Routing of" in (tmp_path / "study" / "report.md").read_text()
 
 
-def _train_cmd(workdir, steps):
-  return [sys.executable, "-m", "experiments.train", "--config=configs/dit_moe.py:smoke",
-          f"--workdir={workdir}", f"--config.train.steps={steps}", "--config.train.log_every=1",
-          "--config.train.checkpoint_every=10", "--config.train.progress_bar=False"]
-
-
-def _losses(workdir):
-  return {row["step"]: row["loss"] for row in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
-
-
 @pytest.mark.slow
 def test_dit_trains_and_resumes_exactly_after_sigkill_ema_included(tmp_path):
   from moejax.tasks.dit import inference_params  # pylint: disable=import-outside-toplevel
   from moejax.training.restore import restore_run  # pylint: disable=import-outside-toplevel
-  env = {**os.environ, "PYTHONPATH": str(REPO)}
-  steps = 60
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  subprocess.run(_train_cmd(straight, steps), cwd=REPO, env=env, check=True,
-                 capture_output=True, timeout=600)
-  losses = _losses(straight)
-  assert np.mean([losses[s] for s in range(51, 61)]) < np.mean([losses[s] for s in range(1, 11)])
-  proc = subprocess.Popen(_train_cmd(killed, steps), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 600
-  while max(_losses(killed), default=0) < 25 and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert 25 <= max(_losses(killed), default=0) < steps, "the run ended before it was killed"
-  subprocess.run(_train_cmd(killed, steps), cwd=REPO, env=env, check=True, capture_output=True,
-                 timeout=600)
-  assert _losses(killed) == losses  # bit for bit at every step
+  straight, killed = train_straight_and_killed("configs/dit_moe.py:smoke", tmp_path)
   resumed = json.loads((killed / "eval.json").read_text())
   assert resumed["resumed_from_step"] % 10 == 0 and resumed["resumed_from_step"] > 0
   runs = [restore_run(str(d)) for d in (straight, killed)]

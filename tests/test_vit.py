@@ -2,11 +2,6 @@
 against the built parameter tree, config errors, training and exact resume after SIGKILL."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +13,7 @@ from configs import vit_moe
 from moejax import counting, validation
 from moejax.errors import ConfigError
 from moejax.models.vit import ViT, patchify
-from moejax.training.logging import read_jsonl
-from tests.conftest import REPO, built_counts
+from tests.conftest import built_counts, train_straight_and_killed
 
 
 def smoke_model(**overrides):
@@ -192,38 +186,11 @@ def test_data_classes_must_match_heads():
     ViTTask().make_source(config, "train")
 
 
-def _train_cmd(workdir, steps):
-  return [sys.executable, "-m", "experiments.train", "--config=configs/vit_moe.py:smoke",
-          f"--workdir={workdir}", f"--config.train.steps={steps}", "--config.train.log_every=1",
-          "--config.train.checkpoint_every=10", "--config.train.progress_bar=False"]
-
-
-def _losses(workdir):
-  return {row["step"]: row["loss"] for row in read_jsonl(os.path.join(workdir, "metrics.jsonl"))}
-
-
 @pytest.mark.slow
 def test_vit_trains_and_resumes_exactly_after_sigkill(tmp_path):
-  env = {**os.environ, "PYTHONPATH": str(REPO)}
-  steps = 60
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  subprocess.run(_train_cmd(straight, steps), cwd=REPO, env=env, check=True,
-                 capture_output=True, timeout=600)
+  straight, killed = train_straight_and_killed("configs/vit_moe.py:smoke", tmp_path)
   results = json.loads((straight / "eval.json").read_text())
   assert results["test_images"] == 297 and results["test_accuracy"] > 0.3  # chance: 0.1
-  losses = _losses(straight)
-  assert np.mean([losses[s] for s in range(51, 61)]) < np.mean([losses[s] for s in range(1, 11)])
-  proc = subprocess.Popen(_train_cmd(killed, steps), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 600
-  while max(_losses(killed), default=0) < 25 and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert 25 <= max(_losses(killed), default=0) < steps, "the run ended before it was killed"
-  subprocess.run(_train_cmd(killed, steps), cwd=REPO, env=env, check=True, capture_output=True,
-                 timeout=600)
-  assert _losses(killed) == losses  # bit for bit at every step
   resumed = json.loads((killed / "eval.json").read_text())
   assert resumed["resumed_from_step"] % 10 == 0 and resumed["resumed_from_step"] > 0
   assert resumed["test_accuracy"] == results["test_accuracy"]

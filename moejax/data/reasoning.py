@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 
 from moejax.data import presets
 from moejax.data import reasoning_chain
@@ -36,7 +35,7 @@ FORMATS = ("graph", "chain")
 
 
 @dataclasses.dataclass(frozen=True)
-class Problem:
+class Problem(reasoning_chain.HashedForm):
   """One problem: given quantities, operation statements in order, and the asked quantity.
 
   Attributes:
@@ -81,10 +80,6 @@ class Problem:
       return f"({op} {parts[0]} {parts[1]})"
 
     return f"mod {self.modulus}: {expand(self.steps[-1][0])}"
-
-  @property
-  def canonical_hash(self) -> str:
-    return hashlib.sha256(self.canonical.encode()).hexdigest()
 
   def example(self, uid: str) -> records.Example:
     statements = [f"{n} = {v}." for n, v in self.inputs]

@@ -44,8 +44,17 @@ def tokenizer_symbols(modulus: int, operations: str) -> tuple[str, ...]:
   return ops + tuple(f"={v}" for v in range(modulus))
 
 
+class HashedForm:
+  """``canonical_hash`` of a problem class that defines ``canonical`` (equal computations have
+  equal canonical forms)."""
+
+  @property
+  def canonical_hash(self) -> str:
+    return hashlib.sha256(self.canonical.encode()).hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
-class ChainProblem:
+class ChainProblem(HashedForm):
   """A start value and the operations applied to it, in order.
 
   Attributes:
@@ -77,10 +86,6 @@ class ChainProblem:
   def canonical(self) -> str:
     ops = " ".join(f"{op}{v}" for op, v in self.steps)
     return f"chain mod {self.modulus}: {self.start} {ops}"
-
-  @property
-  def canonical_hash(self) -> str:
-    return hashlib.sha256(self.canonical.encode()).hexdigest()
 
   def example(self, uid: str) -> records.Example:
     ops = [f"{op}{v}" for op, v in self.steps]
