@@ -31,7 +31,7 @@ def plot_fd(models: pd.DataFrame, floor: float):
   ax.errorbar(models["fd_cnn"], y, xerr=np.nan_to_num(err), fmt="o", capsize=3)
   ax.axvline(floor, color="gray", ls="--", label=f"real vs real floor {floor:.2f}")
   ax.set(yticks=y, yticklabels=models["name"], xlabel="FD-CNN (lower is better)",
-         title="DiT-MoE on Fashion-MNIST 28x28 (not Inception FID)")
+         title="DiT-MoE sample quality (FD-CNN, not Inception FID)")
   ax.tick_params(axis="y", labelsize=7)
   ax.legend(fontsize=8)
   return fig
@@ -79,18 +79,16 @@ def make_figures(out_dir: str, *, models: pd.DataFrame, floor: float | None, rou
                  samples=None, class_names=()) -> list[str]:
   """Writes every figure it has data for (png and pdf); returns their names."""
   Path(out_dir).mkdir(parents=True, exist_ok=True)
-  made = []
+  figures = {}
   if len(models) and floor is not None:
-    save_figure(plot_fd(models, floor), Path(out_dir) / "fd_by_model")
-    made.append("fd_by_model")
+    figures["fd_by_model"] = plot_fd(models, floor)
   if routing is not None:
-    for name in ATTRIBUTES:
-      save_figure(plot_usage(np.asarray(routing[name]["usage"]), name),
-                  Path(out_dir) / f"routing_{name}")
-      made.append(f"routing_{name}")
-    save_figure(plot_nmi(routing), Path(out_dir) / "routing_nmi")
-    made.append("routing_nmi")
+    figures.update({f"routing_{name}": plot_usage(np.asarray(routing[name]["usage"]), name)
+                    for name in ATTRIBUTES})
+    figures["routing_nmi"] = plot_nmi(routing)
   if samples is not None:
-    save_figure(plot_samples(samples, class_names), Path(out_dir) / "samples")
-    made.append("samples")
-  return made
+    figures["samples"] = plot_samples(samples, class_names)
+  for name, fig in figures.items():
+    save_figure(fig, Path(out_dir) / name)
+    plt.close(fig)
+  return list(figures)

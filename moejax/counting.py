@@ -164,16 +164,22 @@ def vit_name(model: ml_collections.ConfigDict) -> str:
   return f"{head}-E{trunk.moe.num_experts}-k{trunk.moe.top_k}-{placement}-{sizes}"
 
 
-def vit_summary(config: ml_collections.ConfigDict) -> dict:
-  """Counts for a ViT run config; images = steps * batch."""
+def _image_summary(config: ml_collections.ConfigDict, counts, forward_flops, name) -> dict:
+  """Counts for an image-model run config (``counts``, ``forward_flops``, ``name``: the
+  family's functions of config.model); images = steps * batch."""
   model = config.model
-  parts, active, _, _ = _vit_counts(model)
-  forward = vit_forward_flops_per_image(model)
+  parts, active, _, _ = counts(model)
+  forward = forward_flops(model)
   images = config.train.steps * config.data.batch_size
-  return {"name": vit_name(model), "total_params": sum(parts.values()), "active_params": active,
+  return {"name": name(model), "total_params": sum(parts.values()), "active_params": active,
           "forward_flops_per_image": forward, "train_flops_per_image": 3 * forward,
           "train_images": images, "train_flops": 3 * forward * images,
           "params_by_component": parts}
+
+
+def vit_summary(config: ml_collections.ConfigDict) -> dict:
+  """Counts for a ViT run config; images = steps * batch."""
+  return _image_summary(config, _vit_counts, vit_forward_flops_per_image, vit_name)
 
 
 
@@ -226,11 +232,4 @@ def dit_name(model: ml_collections.ConfigDict) -> str:
 
 def dit_summary(config: ml_collections.ConfigDict) -> dict:
   """Counts for a DiT run config; images = steps * batch."""
-  model = config.model
-  parts, active, _, _ = _dit_counts(model)
-  forward = dit_forward_flops_per_image(model)
-  images = config.train.steps * config.data.batch_size
-  return {"name": dit_name(model), "total_params": sum(parts.values()), "active_params": active,
-          "forward_flops_per_image": forward, "train_flops_per_image": 3 * forward,
-          "train_images": images, "train_flops": 3 * forward * images,
-          "params_by_component": parts}
+  return _image_summary(config, _dit_counts, dit_forward_flops_per_image, dit_name)

@@ -62,6 +62,11 @@ def active_rules() -> tuple:
   return _RULES.get()
 
 
+def rule_axes(target) -> tuple[str, ...]:
+  """The mesh axes of a rule target or PartitionSpec entry: None, one name, or a sequence."""
+  return (target,) if isinstance(target, str) else tuple(target or ())
+
+
 def logical_to_spec(axes: Sequence[str | None], rules: Rules | None = None,
                     mesh_axes: Sequence[str] | None = None) -> PartitionSpec:
   """Maps logical axis names to a PartitionSpec; unknown names are replicated.
@@ -74,7 +79,7 @@ def logical_to_spec(axes: Sequence[str | None], rules: Rules | None = None,
   out = []
   for name in axes:
     targets = table.get(name) if name is not None else None
-    flat = (targets,) if isinstance(targets, str) else tuple(targets or ())
+    flat = rule_axes(targets)
     if mesh_axes is not None:
       flat = tuple(a for a in flat if a in mesh_axes)
     if any(a in used for a in flat):  # a mesh axis may shard only one dimension

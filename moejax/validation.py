@@ -12,6 +12,7 @@ import math
 
 import ml_collections
 
+from moejax import sharding
 from moejax.errors import ConfigError, require as _require
 from moejax.training import task as task_lib
 
@@ -62,7 +63,7 @@ def mesh_axis_sizes(mesh_cfg: ml_collections.ConfigDict, num_devices: int) -> di
 def _mesh_size(sizes: dict[str, int], rules, logical: str) -> tuple[tuple[str, ...], int]:
   """(mesh axes, their total size) of the logical axis ``logical`` under ``rules``."""
   axes = dict(rules).get(logical) or ()
-  axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes) if a in sizes)
+  axes = tuple(a for a in sharding.rule_axes(axes) if a in sizes)
   return axes, math.prod(sizes[axis] for axis in axes)
 
 

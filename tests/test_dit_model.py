@@ -246,10 +246,6 @@ def test_paper_sizes(size, experts, total, active):
 ])
 def test_bad_dit_configs_name_the_field(path, value, message):
   config = dit_moe.get_config("smoke")
-  section, _, field = path.rpartition(".")
-  target = config
-  for part in section.split("."):
-    target = target[part]
-  target[field] = value
+  config.update_from_flattened_dict({path: value})
   with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
     validation.validate_config(config)

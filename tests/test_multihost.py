@@ -91,10 +91,10 @@ def test_a_killed_process_is_reported_not_waited_for(tmp_path):
   procs[1].send_signal(signal.SIGKILL)
   killed_at = time.time()
   try:
-    _, err = procs[0].communicate(timeout=120)
+    _, err = procs[0].communicate(timeout=120)  # raises TimeoutExpired on a hang
   finally:
     procs[0].kill()
     procs[1].communicate()
+  print(f"the surviving process exited {time.time() - killed_at:.1f} s after the kill")
   assert procs[0].returncode != 0
-  assert time.time() - killed_at < 120
   assert "stopped sending heartbeats" in err and "another task died" in err, err[-3000:]

@@ -19,11 +19,7 @@ from tests.conftest import run_module
 ])
 def test_invalid_fields_are_named(field, value, message):
   config = lm_moe.get_config("smoke")
-  *sections, name = field.split(".")
-  node = config
-  for section in sections:
-    node = node[section]
-  node[name] = value
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(validation.ConfigError, match=message.replace("(", r"\(")):
     validation.validate_run(config, num_devices=4 if field == "data.batch_size" else 1)
 

@@ -15,11 +15,9 @@ without the shared expert). Router FLOPs (D E per token) are left unmatched and 
 
 from __future__ import annotations
 
-import dataclasses
-
 from configs import dit_moe
 from moejax import counting
-from moejax.sweeps.spec import SweepRun, make_run
+from moejax.sweeps.spec import SweepRun, seeded_run
 
 PRESETS = ("tiny", "smoke")
 
@@ -38,11 +36,9 @@ def matched_dense_d_ff(model) -> int:
 
 
 def _run(base, *, family: str, seed: int, tags=None, **sections) -> SweepRun:
-  run = make_run(base, family=family, name="unnamed", tags=tags,
-                 data={"seed": seed}, **sections)
-  run.config.seed = seed
-  name = f"{counting.dit_name(run.config.model)}-s{seed}".replace("/", "p")
-  return dataclasses.replace(run, name=name)
+  """A seeded run named after the model (``/`` -> ``p``: a run name is a directory)."""
+  return seeded_run(base, lambda model: counting.dit_name(model).replace("/", "p"),
+                    family=family, seed=seed, tags=tags, **sections)
 
 
 def get_sweep(preset: str = "tiny") -> list[SweepRun]:

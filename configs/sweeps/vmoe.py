@@ -16,11 +16,9 @@ block on average, so the dense ViT has hidden d_ff = (1 + k) F / 2 in every bloc
 
 from __future__ import annotations
 
-import dataclasses
-
 from configs import vit_moe
 from moejax import counting
-from moejax.sweeps.spec import SweepRun, make_run
+from moejax.sweeps.spec import SweepRun, seeded_run
 
 PRESETS = ("tiny", "smoke")
 
@@ -41,11 +39,8 @@ SMOKE = dict(top_ks=(2,), num_experts=(4,), seeds=(0,), task_routings=("per_task
 def _run(base, *, family: str, seed: int, suffix: str = "", tags=None, **sections) -> SweepRun:
   """A run of ``base`` updated by ``sections``, seeded (model init and data order) by
   ``seed``, named ``{vit_name}{suffix}-s{seed}``."""
-  run = make_run(base, family=family, name="unnamed", tags=tags,
-                 data={"seed": seed, **sections.pop("data", {})}, **sections)
-  run.config.seed = seed
-  name = f"{counting.vit_name(run.config.model)}{suffix}-s{seed}"
-  return dataclasses.replace(run, name=name)
+  return seeded_run(base, lambda model: counting.vit_name(model) + suffix, family=family,
+                    seed=seed, tags=tags, **sections)
 
 
 def get_sweep(preset: str = "tiny") -> list[SweepRun]:

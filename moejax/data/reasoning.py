@@ -30,7 +30,6 @@ from moejax.data import words
 
 _OPS = ("+", "-", "*")
 _COMMUTATIVE = ("+", "*")
-_apply = reasoning_chain.apply
 FORMATS = ("graph", "chain")
 
 
@@ -56,7 +55,7 @@ class Problem(reasoning_chain.HashedForm):
     """Value of every quantity."""
     vals = dict(self.inputs)
     for name, op, left, right in self.steps:
-      vals[name] = _apply(op, vals[left], vals[right], self.modulus)
+      vals[name] = reasoning_chain.apply(op, vals[left], vals[right], self.modulus)
     return vals
 
   @property

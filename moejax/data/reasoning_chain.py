@@ -25,8 +25,6 @@ import hashlib
 
 from moejax.data import records
 
-_OPS = ("+", "-", "*")
-
 
 def apply(op: str, a: int, b: int, p: int) -> int:
   """``a op b`` modulo ``p``."""

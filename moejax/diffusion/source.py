@@ -9,7 +9,6 @@ drawn on the host from ``np.random.default_rng([seed, step, 1])``. A batch is a 
   noise   float32 [B, H, W, C]  eps ~ N(0, 1)
   t       float32 [B]           DDPM step index in [0, N) (uniform), or a rectified-flow time
                                 sigmoid(N(0, 1)) (logit-normal)
-  weights float32 [B]           1 for real rows, 0 for evaluation padding
 """
 
 from __future__ import annotations
@@ -48,10 +47,6 @@ class DiffusionSource:
   def num_batches(self) -> int:
     return self.images.num_batches
 
-  @property
-  def num_images(self) -> int:
-    return self.images.num_images
-
   def batch(self, step: int) -> dict[str, np.ndarray]:
     base = self.images.batch(step)
     rng = np.random.default_rng([self.images.seed, int(step), _STREAM])
@@ -63,5 +58,4 @@ class DiffusionSource:
       t_B = (1.0 / (1.0 + np.exp(-rng.standard_normal(b)))).astype(np.float32)
     dropped_B = rng.uniform(size=b) < self.class_dropout
     labels_B = np.where(dropped_B, self.null_class, base["labels"]).astype(np.int32)
-    return {"images": base["images"], "labels": labels_B, "noise": noise_BHWC, "t": t_B,
-            "weights": base["weights"]}
+    return {"images": base["images"], "labels": labels_B, "noise": noise_BHWC, "t": t_B}

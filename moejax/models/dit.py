@@ -36,7 +36,7 @@ from moejax.diffusion.schedules import DDPMSchedule
 from moejax.errors import require
 from moejax.layers.norms import RMSNorm
 from moejax.layers.params import fan_in_init, param
-from moejax.models.trunk import AdaLNModulation, Trunk, TrunkConfig
+from moejax.models.trunk import AdaLNModulation, Trunk, TrunkConfig, modulate
 from moejax.models.vit import patchify
 
 # name -> (d_model, layers, heads), Fei et al. 2024 table 1 (DiT's S, B, L, XL plus G).
@@ -226,7 +226,7 @@ class DiT(nnx.Module):
     positions_BN = jnp.broadcast_to(jnp.arange(x_BND.shape[1]), x_BND.shape[:2])
     x_BND, aux = self.trunk(x_BND, positions_BN, None, cond_BD)
     shift_B1D, scale_B1D = self.final_modulation(cond_BD)
-    h_BND = self.final_norm(x_BND).astype(jnp.float32) * (1.0 + scale_B1D) + shift_B1D
+    h_BND = modulate(self.final_norm(x_BND), shift_B1D, scale_B1D)
     out_BNO = self.out(h_BND.astype(self.dtype)).astype(jnp.float32)
     return unpatchify(out_BNO, dit.grid, dit.patch_size), aux
 

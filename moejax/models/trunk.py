@@ -176,7 +176,8 @@ class AdaLNModulation(nnx.Module):
     return jnp.split((mod_BX + self.b_X[...])[:, None, :], self.parts, axis=-1)
 
 
-def _modulate(h_BTD, shift_B1D, scale_B1D):
+def modulate(h_BTD, shift_B1D, scale_B1D):
+  """adaLN modulation (DiT): h * (1 + scale) + shift, in h's dtype."""
   return (h_BTD * (1.0 + scale_B1D) + shift_B1D).astype(h_BTD.dtype)
 
 
@@ -206,7 +207,7 @@ class Block(nnx.Module):
     mods = self.modulation(cond_BC) if self.modulation is not None else None
     h_BTD = self.attn_norm(x_BTD)
     if mods is not None:
-      h_BTD = _modulate(h_BTD, mods[0], mods[1])
+      h_BTD = modulate(h_BTD, mods[0], mods[1])
     attn_BTD = self.attn(h_BTD, positions_BT, mask_B1TT)
     if mods is not None:
       attn_BTD = mods[2] * attn_BTD
@@ -223,7 +224,7 @@ class Block(nnx.Module):
     x_BTD = sharding.constrain(x_BTD, ("batch", "seq", "act_embed"))
     h_BTD = self.ffn_norm(x_BTD)
     if mods is not None:
-      h_BTD = _modulate(h_BTD, mods[3], mods[4])
+      h_BTD = modulate(h_BTD, mods[3], mods[4])
     y_BTD, aux = self.ffn(h_BTD, task_B) if self.use_moe else (self.ffn(h_BTD), {})
     if mods is not None:
       y_BTD = mods[5] * y_BTD

@@ -61,9 +61,10 @@ def exchange_rows(rows_AD, output_RD, input_offsets_P, send_sizes_P, output_offs
   """``lax.ragged_all_to_all`` of ``rows_AD`` (same arguments); ``dense``: its stand-in.
 
   The stand-in pads each outgoing chunk to ``chunk_rows`` (a static bound of every chunk),
-  exchanges the [P, B, D] buffer with a dense all-to-all together with the senders' output
-  offsets, and scatters each received chunk at its offset: the ragged result, at P times the
-  send buffer.
+  exchanges the [P, B, D] buffer with a dense all-to-all, and scatters each received chunk at
+  its offset: the ragged result, at P times the send buffer. It ignores ``output_offsets_P``:
+  ``ep_dispatch`` packs every receiver's chunks in source order, so a receiver's offsets are the
+  exclusive cumulative sum of its receive sizes, computed locally without a second exchange.
   """
   if not dense:
     return jax.lax.ragged_all_to_all(rows_AD, output_RD, input_offsets_P, send_sizes_P,
@@ -73,7 +74,7 @@ def exchange_rows(rows_AD, output_RD, input_offsets_P, send_sizes_P, output_offs
   send_PBD = jnp.where((slot_B < send_sizes_P[:, None])[..., None],
                        take_rows(rows_AD, source_PB), 0).astype(output_RD.dtype)
   recv_PBD = jax.lax.all_to_all(send_PBD, axis, 0, 0, tiled=True)
-  at_P = jax.lax.all_to_all(output_offsets_P, axis, 0, 0, tiled=True)
+  at_P = exclusive_cumsum(recv_sizes_P)  # chunks arrive packed in source order
   target_PB = jnp.where(slot_B < recv_sizes_P[:, None], at_P[:, None] + slot_B,
                         output_RD.shape[0])  # past the end: dropped
   return output_RD.at[target_PB.reshape(-1)].set(
@@ -140,29 +141,25 @@ def ep_dispatch(strategy: str, x_TD, routing: Routing, experts, *, axis, num_dev
   return y_TD.astype(x_TD.dtype), {"dropped_fraction": dropped}
 
 
-def _axes(spec_entry) -> tuple[str, ...]:
-  if spec_entry is None:
-    return ()
-  return (spec_entry,) if isinstance(spec_entry, str) else tuple(spec_entry)
-
-
 def mesh_layout(mesh, num_rows: int):
   """(token axes, expert axes, hidden axes) of the active rules on ``mesh``: the mesh axes that
   split the batch rows (only if they divide ``num_rows``), the experts and the experts' hidden
   units."""
   names = mesh.axis_names
-  token_axes = _axes(sharding.logical_to_spec(("batch",), mesh_axes=names)[0])
+  axes_of = lambda *logical: [sharding.rule_axes(s)
+                              for s in sharding.logical_to_spec(logical, mesh_axes=names)]
+  (token_axes,) = axes_of("batch")
   if num_rows % math.prod(mesh.shape[a] for a in token_axes):
     token_axes = ()
-  expert_axes, hidden_axes = (_axes(s) for s in sharding.logical_to_spec(("expert", "mlp"),
-                                                                         mesh_axes=names))
+  expert_axes, hidden_axes = axes_of("expert", "mlp")
   return token_axes, expert_axes, hidden_axes
 
 
 def _weight_spec(variable, keep: tuple[str, ...]) -> PartitionSpec:
   """The in_spec of an expert weight: its sharding less the mesh axes not in ``keep``."""
   spec = sharding.logical_to_spec(sharding.variable_axes(variable) or ())
-  return PartitionSpec(*(tuple(a for a in _axes(s) if a in keep) or None for s in spec))
+  return PartitionSpec(*(tuple(a for a in sharding.rule_axes(s) if a in keep) or None
+                         for s in spec))
 
 
 def sharded_dispatch(local_fn, x_BSD, routing_TK: Routing, experts: nnx.Module, *,

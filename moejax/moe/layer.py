@@ -91,9 +91,6 @@ class MoELayer(nnx.Module):
     cfg = self.cfg
     batch, seq, d_model = x_BSD.shape
     x_TD = x_BSD.reshape(batch * seq, d_model)
-    if cfg.group_size is not None and (batch * seq) % cfg.group_size:
-      raise ValueError(f"config.model.moe.group_size={cfg.group_size} does not divide the "
-                       f"{batch * seq} tokens of this batch ({batch} x {seq})")
     task_T = None if task_B is None else jnp.repeat(task_B, seq)
     routing, router_aux = self.router(x_TD, task_T)
     sharded = expert_parallel.sharded_dispatch(self._dispatch_local, x_BSD, routing,

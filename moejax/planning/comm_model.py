@@ -27,6 +27,7 @@ import ml_collections
 from flax import nnx
 
 from moejax import sharding
+from moejax.models.trunk import moe_placement
 from moejax.training import task as task_lib
 from moejax.training.optimizer import make_optimizer
 from moejax.training.state import make_init_fn
@@ -43,11 +44,8 @@ def _params(config: ml_collections.ConfigDict):
 
 
 def _moe_layers(model: ml_collections.ConfigDict) -> int:
-  if model.get("moe_layers"):
-    return len(model.moe_layers)
-  every = int(model.get("moe_every", 1) or 0)
-  count = model.num_layers // every if every else 0
-  return min(count, model.moe_last_n) if model.get("moe_last_n") else count
+  return sum(moe_placement(model.num_layers, int(model.get("moe_every", 1) or 0),
+                           model.get("moe_last_n"), model.get("moe_layers")))
 
 
 def analytic_bytes(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> dict[str, float]:
@@ -59,7 +57,7 @@ def analytic_bytes(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> d
   for var in _params(config):
     logical = var.get_metadata().get("out_sharding") or ()
     spec = sharding.logical_to_spec(logical, config.sharding_rules, mesh_axes=axes)
-    used = [a for entry in spec if entry for a in ((entry,) if isinstance(entry, str) else entry)]
+    used = [a for entry in spec for a in sharding.rule_axes(entry)]
     shards = math.prod(mesh[a] for a in used)
     size = math.prod(var.value.shape) * 4
     if "fsdp" in used and fsdp > 1:

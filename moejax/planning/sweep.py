@@ -20,9 +20,9 @@ import os
 import ml_collections
 from tqdm import tqdm
 
+from moejax import sharding
 from moejax.errors import ConfigError
 from moejax.planning import plan
-from moejax.planning.plan import microbatches_of
 from moejax.planning.chips import GIB, parse_topology
 from moejax.sweeps import spec as sweep_spec
 from moejax.training import task as task_lib
@@ -43,7 +43,7 @@ def mesh_axes_in_rules(config: ml_collections.ConfigDict) -> set[str]:
   """Mesh axes that the config's sharding rules map some logical axis to."""
   axes = set()
   for _, target in config.sharding_rules:
-    axes.update([target] if isinstance(target, str) else list(target or ()))
+    axes.update(sharding.rule_axes(target))
   return axes
 
 
@@ -106,7 +106,7 @@ def plan_model(config: ml_collections.ConfigDict, chip: str, max_chips: int,
     if topology.num_chips > max_chips:
       break
     bound = _lower_bound(config, total_params, topology.num_chips,
-                         microbatches or microbatches_of(config))
+                         microbatches or plan.microbatches_of(config))
     if bound > topology.chip.hbm_bytes:
       continue  # the train state or the chip's logits alone do not fit: skip the compile
     best = None

@@ -51,13 +51,6 @@ def model_table(runs: pd.DataFrame) -> pd.DataFrame:
   return models
 
 
-def _pick(runs: pd.DataFrame, experts: int = 8) -> str:
-  moe = runs[(runs["num_experts"] > 1) & (runs["family"] == "shared")]
-  moe = moe.sort_values(["seed", "num_experts"])
-  match = moe[moe["num_experts"] == experts]
-  return (match if len(match) else moe.iloc[::-1]).iloc[0]["name"]
-
-
 def analyse_run(run, num_images: int = ROUTING_IMAGES, per_class: int = SAMPLES_PER_CLASS):
   """(routing analysis, samples [classes, per_class, H, W, C], class names) of a run."""
   from moejax.study import dit_routing  # pylint: disable=import-outside-toplevel
@@ -103,8 +96,9 @@ def run_study(workdir: str, *, preset: str = "tiny", processes: int = 2,
   models = model_table(done) if len(done) else pd.DataFrame()
   floor = float(done["fd_cnn_floor"].mean()) if len(done) else None
   routing, samples, class_names, picked = None, None, (), None
-  if len(done[done["num_experts"] > 1]):
-    picked = _pick(done)
+  shared_moe = done[(done["num_experts"] > 1) & (done["family"] == "shared")]
+  if len(shared_moe):
+    picked = seeds.pick_run(shared_moe)
     routing, samples, class_names = analyse_run(restore_run(run_dir(sweep_dir, picked)))
   figures = make_figures(os.path.join(workdir, "figures"), models=models, floor=floor,
                          routing=routing, samples=samples, class_names=class_names)

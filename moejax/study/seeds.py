@@ -53,3 +53,11 @@ def by_model(runs: pd.DataFrame) -> pd.DataFrame:
   out["name"] = out.index
   return out[list(runs.columns.drop("model")) + [c for c in out.columns
                                                 if c not in runs.columns]].reset_index(drop=True)
+
+
+def pick_run(rows: pd.DataFrame, experts: int = 8) -> str:
+  """The run analysed in depth among ``rows`` (results-table rows with at least one MoE run):
+  seed 0 of E=``experts``, else the largest E."""
+  moe = rows[rows["num_experts"] > 1].sort_values(["seed", "num_experts"])
+  match = moe[moe["num_experts"] == experts]
+  return (match if len(match) else moe.iloc[::-1]).iloc[0]["name"]

@@ -54,13 +54,6 @@ def _load_items(names, sweep_dir: str) -> dict[str, dict[str, np.ndarray]]:
   return out
 
 
-def _pick(rows: pd.DataFrame, experts: int = 8) -> str:
-  """The run of a family analysed in depth: seed 0 of E=``experts`` (else the largest E)."""
-  moe = rows[rows["num_experts"] > 1].sort_values(["seed", "num_experts"])
-  match = moe[moe["num_experts"] == experts]
-  return (match if len(match) else moe.iloc[::-1]).iloc[0]["name"]
-
-
 def run_study(workdir: str, *, preset: str = "tiny", processes: int = 2,
               overrides: tuple[str, ...] = (), sweep: str = SWEEP) -> dict[str, Any]:
   """Runs (or resumes) the sweep and the analyses; writes report.md and summary.json."""
@@ -88,12 +81,12 @@ def run_study(workdir: str, *, preset: str = "tiny", processes: int = 2,
   bar = tqdm(total=len(steps), desc="analyses", unit="step")
   curves, spec, class_names, pruning, task_results = {}, None, (), [], {}
   for family, rows in sparsity.groupby("family", sort=False):
-    name = _pick(rows)
+    name = seeds.pick_run(rows)
     curves[f"{family} {name}"] = analysis.capacity_curve(restore_run(run_dir(sweep_dir, name)),
                                                          CAPACITY_FACTORS)
     bar.update(1)
   if len(sparsity):
-    name = _pick(sparsity[sparsity["top_k"] == sparsity["top_k"].max()])
+    name = seeds.pick_run(sparsity[sparsity["top_k"] == sparsity["top_k"].max()])
     run = restore_run(run_dir(sweep_dir, name))
     source = analysis.test_source(run.config)
     out = analysis.token_choices(run, source)

@@ -76,6 +76,17 @@ def make_run(base: ml_collections.ConfigDict, *, family: str = "",
                   family=family, tags=dict(tags or {}))
 
 
+def seeded_run(base: ml_collections.ConfigDict, name_of: Callable[[ml_collections.ConfigDict], str],
+               *, family: str, seed: int, tags: Mapping[str, Any] | None = None,
+               **sections: Mapping[str, Any]) -> SweepRun:
+  """``make_run`` seeded by ``seed`` (model init and data order together) and named
+  ``{name_of(config.model)}-s{seed}``."""
+  data = {"seed": seed, **sections.pop("data", {})}
+  run = make_run(base, family=family, name="unnamed", tags=tags, data=data, **sections)
+  run.config.seed = seed
+  return dataclasses.replace(run, name=f"{name_of(run.config.model)}-s{seed}")
+
+
 def _update(config: ml_collections.ConfigDict, section: str, values: Mapping[str, Any]):
   """``config[section].update(values)``, refusing fields the config does not have."""
   unknown = sorted(set(values) - set(config[section].keys()))

@@ -119,13 +119,12 @@ class DiTTask(Task):
             f"{image_set.num_classes} classes")
     return image_set
 
-  def make_source(self, config: ml_collections.ConfigDict, split: str, image_set=None):
+  def make_source(self, config: ml_collections.ConfigDict, split: str):
     """"train": the shuffled stream with label dropout; "eval": the test split in order, no
-    dropout (the held-out loss). ``image_set`` replaces the split's images."""
+    dropout (the held-out loss)."""
     dit, data = DiTConfig.from_config(config.model), config.data
     train = split == "train"
-    if image_set is None:
-      image_set = self.load_split(config, "train" if train else "test")
+    image_set = self.load_split(config, "train" if train else "test")
     return DiffusionSource(image_set, data.batch_size, data.seed, objective=dit.objective,
                            num_timesteps=dit.num_timesteps,
                            class_dropout=data.class_dropout if train else 0.0,
@@ -163,6 +162,12 @@ def _generate_batch(graphdef, method, steps, guidance, null_class, clip, params,
                          guidance=guidance, null_class=null_class, clip=clip)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _start_noise(noise_key, rows_B, shape):
+  """The starting noise of samples ``rows_B``: one draw per sample index."""
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(noise_key, i), shape))(rows_B)
+
+
 def model_predict(graphdef, params, rest):
   """``predict(z_BHWC, time_B, labels_B) -> out_BHWC`` of the model in eval mode, merged at
   the caller's trace level (usable inside a sampler's ``lax.scan``)."""
@@ -176,23 +181,22 @@ def model_predict(graphdef, params, rest):
 
 
 def generate(config: ml_collections.ConfigDict, graphdef, params, rest, labels,
-             batch_size: int | None = None, **sample_overrides) -> np.ndarray:
+             **sample_overrides) -> np.ndarray:
   """Samples [len(labels), H, W, C] in data space, with ``config.sample`` (updated by
-  ``sample_overrides``: sampler, steps, guidance, seed), in batches of ``batch_size`` (default
-  ``config.eval.batch_size``); the starting noise of sample i depends on (seed, i) only."""
+  ``sample_overrides``: sampler, steps, guidance, seed), in batches of
+  ``config.eval.batch_size``; the starting noise of sample i depends on (seed, i) only."""
   s = {**config.sample.to_dict(), **sample_overrides}
   dit = DiTConfig.from_config(config.model)
   labels = np.asarray(labels, np.int32)
-  b = batch_size or config.eval.batch_size
+  b = config.eval.batch_size
   shape = (dit.image_size, dit.image_size, dit.channels)
   noise_key, step_key = (jax.random.fold_in(jax.random.key(s["seed"]), i) for i in (0, 1))
-  noise_of = jax.jit(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(noise_key, i),
-                                                          shape)))
   outs = []
   for start in range(0, len(labels), b):
     rows = np.arange(start, min(start + b, len(labels)))
     outs.append(_generate_batch(graphdef, s["sampler"], int(s["steps"]), float(s["guidance"]),
                                 dit.null_class, not is_latent(config), params, rest,
-                                noise_of(jnp.asarray(rows)), jnp.asarray(labels[rows]),
+                                _start_noise(noise_key, jnp.asarray(rows), shape),
+                                jnp.asarray(labels[rows]),
                                 jax.random.fold_in(step_key, start)))
   return np.concatenate(jax.device_get(outs)) if outs else np.zeros((0, *shape), np.float32)
