@@ -62,7 +62,7 @@ def run_case(case):
   diff = lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
   grads = jax.tree.leaves(jax.tree.map(diff, gs1, gsm))
   scale = max(float(np.max(np.abs(np.asarray(g)))) for g in jax.tree.leaves(gs1))
-  return {**case, "loss": diff(v1, vm), "loss_value": float(v1), "loss_scale": float(rss), "dropped": [float(d1), float(dm)],
+  return {**case, "loss": diff(v1, vm), "loss_value": float(v1), "loss_scale": float(rss), "num_terms": B * S * D, "dropped": [float(d1), float(dm)],
           "dx": diff(gx1, gxm), "dparams": max(grads), "grad_scale": scale,
           "all_to_all": hlo.count("all_to_all"), "shard_map": "shard_map" in hlo
           or "sdy.manual_computation" in hlo}

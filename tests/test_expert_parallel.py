@@ -5,7 +5,9 @@ one device in this process.
 """
 
 import json
+import math
 
+import numpy as np
 import pytest
 
 from configs import lm_moe
@@ -71,11 +73,13 @@ LAYER_CASES = [
 
 def test_moe_layer_on_meshes_matches_one_device():
   """The MoE layer alone (value, input and parameter gradients of a fixed loss) on 8 devices
-  against one device, to 1e-6 of each quantity's scale: float32 sums in another order differ by a
-  few ulps of the summed terms' magnitude (for the loss, a sum of 4,096 random-sign terms, the
-  root-sum-square of the terms, not its value, which may cancel); gradients likewise against the
-  largest gradient entry. Tokens are exchanged with all-to-all exactly where the expert axis is
-  > 1."""
+  against one device. Gradients: 1e-6 of the largest entry. The loss is a sum of n = 4,096
+  random-sign terms whose value may cancel (0.35-0.93 here against a root-sum-square of the terms,
+  rss, of 1.1-1.2), computed on a mesh in another order (tensor-parallel partial sums, per-shard
+  partial sums): the float32 error of such a reordered sum is a random walk of n roundings of
+  size eps * rss, so the bound is sqrt(n) * eps * rss (7.6e-6 * rss; measured 0.6e-6 to 0.9e-6
+  * rss, printed). A routing or capacity decision taken differently moves the loss by orders of
+  magnitude more. Tokens are exchanged with all-to-all exactly where the expert axis is > 1."""
   proc = run_module("tests.ep_layer_probe", json.dumps(LAYER_CASES), env=EIGHT, timeout=900)
   results = [json.loads(line) for line in proc.stdout.strip().splitlines()
              if line.startswith("{")]
@@ -87,10 +91,12 @@ def test_moe_layer_on_meshes_matches_one_device():
     assert result["shard_map"], result
     assert (result["all_to_all"] > 0) == (case["mesh"].get("expert", 1) > 1), result
     assert result["dropped"][0] == result["dropped"][1], result
-    print(f"{case['mesh']} {case['moe']}: loss differs by {result['loss']:.1e} (value "
-          f"{result['loss_value']:.3f}, terms' root-sum-square {result['loss_scale']:.1f}); "
+    print(f"{case['mesh']} {case['moe']}: loss differs by {result['loss']:.1e} = "
+          f"{result['loss'] / result['loss_scale']:.1e} rss (value {result['loss_value']:.3f}, "
+          f"terms' root-sum-square {result['loss_scale']:.1f}); "
           f"parameter gradients by {result['dparams'] / result['grad_scale']:.1e} of the largest")
-    assert result["loss"] <= 1e-6 * max(1.0, result["loss_scale"]), result
+    bound = math.sqrt(result["num_terms"]) * np.finfo(np.float32).eps * result["loss_scale"]
+    assert result["loss"] <= bound, (bound, result)
     assert result["dx"] <= 1e-6 and result["dparams"] <= 1e-6 * result["grad_scale"], result
 
 

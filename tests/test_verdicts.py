@@ -4,9 +4,10 @@ whose expected verdict is known (reproduced, not reproduced and inconclusive cas
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 
 from moejax.study import intervals, report, seeds, verdicts
-from moejax.study.verdict_common import families
+from moejax.study.verdict_common import against, families
 
 N = 200  # evaluation items per split
 SPLITS = ("reason", "reason_train", "mem", "mem_train")
@@ -287,3 +288,10 @@ def test_figures_of_findings_5_and_7(tmp_path, monkeypatch):
                                        verdicts.all_verdicts(pd.DataFrame(topk_rows(0.1))))
   assert "skipped" in missing["optimal_sparsity_vs_budget"]
   assert "skipped" in missing["gap_vs_lr_init"]
+
+
+def test_a_threshold_reached_up_to_float_rounding_counts():
+  mean = spearmanr([1, 2, 3, 4], [0.24, 0.33, 0.45, 0.40])[0]  # 0.8, as 0.7999999999999999
+  assert mean < 0.8 and against(mean, [mean, 0.9], 0.8) == "reproduced"
+  assert against(0.79, [0.7, 0.9], 0.8) == "inconclusive"
+  assert against(0.6, [0.5, 0.7], 0.8) == "not reproduced"

@@ -40,7 +40,7 @@ PAPER_NOT_TRAINED = ((2048, 256),)  # (d_model, E)
 # The tiny CPU study: every knob that sets its cost is here. Tune steps and batch together.
 # Two active sizes come from top-k 1 vs 2 at d_model 64 (8 runs per seed). Adding 128 to d_models
 # crosses active size with top-k (16 runs; a d128 step costs ~3x a d64 step). In 800 steps of 16
-# sequences each fact of the "study" data preset is seen ~30 times as QA and ~30 in biographies,
+# sequences each fact of the "study" data preset is seen ~29 times as QA and ~29 in biographies,
 # and the reasoning half of the mixture teaches chain arithmetic (one token per step) well above
 # chance. Two seeds (init and data order): the memorization trend must not hang on one. lr 5e-3
 # with 4 heads of 16 memorises more at the same cost but flattens the trend with E (dense models
@@ -55,7 +55,7 @@ TINY = dict(
     data=dict(preset="study", batch_size=16, seq_len=128),
     optim=dict(warmup_steps=20),
     train=dict(steps=800, log_every=40, checkpoint_every=400, eval_batches=8),
-    eval=dict(max_items=256),  # 256 of the 320 QA facts per split; all 96 test problems
+    eval=dict(max_items=256),  # 256 of the 400 QA facts per split; all 96 test problems
 )
 # Iso-FLOP: each budget is "REFERENCE trained for N steps"; every model gets the steps that
 # spend the same FLOPs (rounded, so budgets agree to < 1% with >= 50 steps per run).

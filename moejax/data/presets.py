@@ -7,11 +7,12 @@ seed, batch size and sequence length come from the training config (``config.dat
 Presets:
   smoke  builds in seconds; for tests.
   tiny   single tiny runs on a CPU (configs/lm_moe.py:tiny): 512 people, modulus-23 problems.
-  study  the data of the tiny sparsity study (configs/sweeps/optimal_sparsity.py:tiny): 128
+  study  the data of the tiny sparsity study (configs/sweeps/optimal_sparsity.py:tiny): 160
          people x 5 attributes, so that in 800 steps of 16 x 128 tokens at half the mixture each
-         fact is seen ~30 times as QA and ~30 times in a biography; modulus-7 chain problems of
-         1-6 operations, tested on chains no training problem has. docs/calibration.md records
-         how it was chosen.
+         fact is seen ~29 times as QA and ~29 times in a biography (the 28k-token memorization
+         text is read ~29 times), short of saturation even for the largest model; modulus-7
+         chain problems of 1-6 operations, tested on chains no training problem has.
+         docs/calibration.md records how it was chosen.
   small  4x the population of tiny and longer problems; for a laptop-sized GPU or a TPU host.
 
 To add a preset, add an entry to ``PRESETS`` here: the tfds builders create one BuilderConfig per
@@ -178,7 +179,7 @@ PRESETS: dict[str, Preset] = {
         name="study",
         seed=0,
         memorization=MemorizationConfig(
-            num_people=128,
+            num_people=160,
             attributes=(("birth_date", 0), ("birth_city", 32), ("university", 32), ("major", 16),
                         ("employer", 32)),
             date_days=8, date_years=4, bios_per_person=1),

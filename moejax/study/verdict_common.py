@@ -57,16 +57,21 @@ def estimate_text(entry: Mapping[str, Any], fmt: str = "+.3f") -> str:
   return text + ci_text(entry["ci"], fmt)
 
 
+# A Spearman coefficient of 4 models is a multiple of 0.2, but scipy returns 0.8 as
+# 0.7999999999999999: statistics are compared with thresholds up to this slack.
+ROUNDING = 1e-9
+
+
 def against(estimate: float, ci, threshold: float) -> str:
   """"reproduced" when ``estimate`` >= ``threshold``, else "not reproduced"; "inconclusive"
   when the estimate is undefined or its interval holds values on both sides of the
-  threshold."""
+  threshold (both up to float rounding, ``ROUNDING``)."""
   if not np.isfinite(estimate):
     return "inconclusive"
   lo, hi = ci
-  if np.isfinite(lo) and np.isfinite(hi) and lo < threshold <= hi:
+  if np.isfinite(lo) and np.isfinite(hi) and lo < threshold - ROUNDING <= hi:
     return "inconclusive"
-  return "reproduced" if estimate >= threshold else "not reproduced"
+  return "reproduced" if estimate >= threshold - ROUNDING else "not reproduced"
 
 
 def decide(entry: Mapping[str, Any]) -> int:

@@ -31,9 +31,9 @@ import pandas as pd
 
 from moejax.study.intervals import ItemBootstrap
 from moejax.study.verdict_common import (
-    REASON_COL, REASON_LOSS_COL, TRAIN_LOSS_COL, against, ci_text, decide, estimate_text,
-    families, family_spearman, mean_finite, reasoning_at_chance, rho_text, spearman_intervals,
-    statistic_interval, train_loss_column, verdict)
+    REASON_COL, REASON_LOSS_COL, ROUNDING, TRAIN_LOSS_COL, against, ci_text, decide,
+    estimate_text, families, family_spearman, mean_finite, reasoning_at_chance, rho_text,
+    spearman_intervals, statistic_interval, train_loss_column, verdict)
 from moejax.study.verdicts_budget import iso_flop
 from moejax.study.verdicts_hparams import hyperparameters
 from moejax.study.verdicts_posttrain import test_time_compute
@@ -58,7 +58,7 @@ def loss_vs_total(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dict[s
   mean = mean_finite(rhos)
   held_out = mean_finite(family_spearman(df, "final_eval_loss"))
   outcome = ("inconclusive" if not np.isfinite(mean)
-             else "reproduced" if mean <= -0.5 else "not reproduced")
+             else "reproduced" if mean <= -0.5 + ROUNDING else "not reproduced")
   name = ("training loss (mean over the last 10% of steps)" if column == TRAIN_LOSS_COL
           else "held-out loss")
   return verdict(1, outcome, f"Pre-training {name} vs total parameters at fixed active "
