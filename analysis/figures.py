@@ -391,7 +391,7 @@ def plot_gap_vs_hparams(df: pd.DataFrame, finding: dict | None = None) -> Figure
   learning rate and init scale (one line per model of the sweep, the other knob at its base
   value) and against sparsity in the fixed-active families; the verdict in the title."""
   # pylint: disable-next=import-outside-toplevel  (analysis is imported by moejax.study)
-  from moejax.study import verdict_common, verdicts_hparams
+  from moejax.study import verdict_common, verdicts_budget, verdicts_hparams
   gap = verdicts_hparams.VERDICT_GAP
   panels = {knob: verdicts_hparams.knob_rows(df, knob) for knob in verdicts_hparams.KNOBS}
   if not any(panels.values()):
@@ -409,8 +409,7 @@ def plot_gap_vs_hparams(df: pd.DataFrame, finding: dict | None = None) -> Figure
     if groups:
       ax.legend(fontsize=7)
   for family, runs in verdict_common.families(df, min_sizes=2).items():
-    sparsity = 1 - runs["top_k"] / runs["num_experts"]
-    axes[2].plot(sparsity, verdicts_hparams.gap_values(runs, gap), "o-", ms=4, lw=1,
+    axes[2].plot(verdicts_budget.sparsity_of(runs), verdicts_hparams.gap_values(runs, gap), "o-", ms=4, lw=1,
                  label=family)
   axes[2].set_xlabel("sparsity 1 - k/E (fixed-active families)")
   if axes[2].lines:
@@ -443,7 +442,10 @@ def _without_knob_sweep(df: pd.DataFrame) -> pd.DataFrame:
   several points of one model at one x in the size figures."""
   if "lr" not in df or "init_scale" not in df or df["lr"].isna().all():
     return df
-  base = np.isclose(df["init_scale"], 1.0) & np.isclose(df["lr"], df["lr"].mode().iloc[0])
+  # pylint: disable-next=import-outside-toplevel  (analysis is imported by moejax.study)
+  from moejax.study import verdicts_hparams
+  base = (np.isclose(df["init_scale"], verdicts_hparams.BASE_INIT_SCALE)
+          & np.isclose(df["lr"], df["lr"].mode().iloc[0]))
   return df[df["init_scale"].isna() | base]
 
 
@@ -456,7 +458,8 @@ def make_study_figures(df: pd.DataFrame, out_dir: str | Path,
     {figure name: {"png": path, "pdf": path}} for drawn figures and
     {figure name: {"skipped": reason}} for those whose columns or runs are missing.
   """
-  draws = {name: (draw, _without_knob_sweep(df)) for name, draw in STUDY_FIGURES.items()}
+  base = _without_knob_sweep(df)
+  draws = {name: (draw, base) for name, draw in STUDY_FIGURES.items()}
   by_finding = {v["finding"]: v for v in verdicts or []}
   for name, (finding, draw) in VERDICT_FIGURES.items():
     if finding in by_finding:

@@ -30,11 +30,13 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from configs import grpo as grpo_configs  # noqa: E402
+from configs.sweeps import optimal_sparsity  # noqa: E402
 from experiments import cli  # noqa: E402
 from moejax.study import report  # noqa: E402
 from moejax.study.pipeline import run_study  # noqa: E402
 
-_PRESET = flags.DEFINE_enum("preset", "tiny", ["tiny", "smoke", "isoflop_tiny", "small"],
+_PRESET = flags.DEFINE_enum("preset", "tiny",
+                            [p for p in optimal_sparsity.PRESETS if p != "paper"],
                             "Sweep preset (configs/sweeps/optimal_sparsity.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory.", required=True)
 _PROCESSES = flags.DEFINE_integer("processes", 1, "Runs trained at a time (child processes).")

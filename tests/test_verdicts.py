@@ -133,7 +133,7 @@ def test_top_k_at_equal_training_loss():
   assert found["verdict"] == "reproduced", found["statement"]
   equal = found["numbers"]["equal_loss"][0]
   assert (equal["k_low"], equal["k_high"]) == (1, 2)
-  assert equal["reason_change"]["estimate"] == pytest.approx(0.1, abs=0.006)
+  assert equal["reason_change"]["estimate"] == pytest.approx(0.1)
   assert equal["reason_change"]["ci"][0] > 0
   assert len(found["numbers"]["pairs"]) == 3  # E = 4, 8, 16 at k = 1 and 2
   worse, boot = boot_of(topk_rows(-0.1))

@@ -153,9 +153,10 @@ def isoflop_tiny(p=None):
 
 
 def _small_seeds(tiny_p) -> tuple[int, ...]:
+  """TINY's seeds, with new ones after the largest up to SMALL's ``min_seeds``."""
   seeds = tuple(tiny_p["seeds"])
-  return seeds + tuple(s for s in range(max(seeds) + 1, max(seeds) + 1 + SMALL["min_seeds"])
-                       )[:max(0, SMALL["min_seeds"] - len(seeds))]
+  missing = max(0, SMALL["min_seeds"] - len(seeds))
+  return seeds + tuple(range(max(seeds) + 1, max(seeds) + 1 + missing))
 
 
 def _tag_knobs(run):

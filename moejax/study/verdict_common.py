@@ -124,16 +124,19 @@ def spearman_intervals(df: pd.DataFrame, column: str,
   fams = families(df)
   reps = {g: boot.replicates_of(column, fams[g]["name"]) if boot is not None else None
           for g in rhos}
-  empty = {"estimate": float("nan"), "se": float("nan"), "ci": NAN_CI}
   if not rhos or any(r is None for r in reps.values()):
-    return {**{g: {**empty, "estimate": r} for g, r in rhos.items()},
-            "mean": {**empty, "estimate": mean_finite(rhos)}}
+    return {**{g: no_interval(r) for g, r in rhos.items()}, "mean": no_interval(mean_finite(rhos))}
   per_family = {g: rank_correlation(fams[g]["total_params"].to_numpy(float), reps[g])
                 for g in rhos}
   out = {g: boot.interval(rhos[g], reps) for g, reps in per_family.items()}
   out["mean"] = boot.interval(mean_finite(rhos),
                               pd.DataFrame(per_family).mean(axis=1).to_numpy())
   return out
+
+
+def no_interval(estimate: float = float("nan")) -> dict[str, Any]:
+  """``{"estimate", "se", "ci"}`` of a statistic without replicates (NaN interval)."""
+  return {"estimate": float(estimate), "se": float("nan"), "ci": list(NAN_CI)}
 
 
 def statistic_interval(runs: pd.DataFrame, columns: Iterable[str],
@@ -153,7 +156,7 @@ def statistic_interval(runs: pd.DataFrame, columns: Iterable[str],
   reps = ({c: boot.replicates_of(c, runs["name"]) for c in columns} if boot is not None
           else {})
   if not reps or any(r is None for r in reps.values()):
-    return {"estimate": estimate, "se": float("nan"), "ci": list(NAN_CI)}
+    return no_interval(estimate)
   with np.errstate(invalid="ignore", divide="ignore"):
     return interval(estimate, np.asarray(fn(reps), np.float64), boot.level)
 

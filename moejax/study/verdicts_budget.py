@@ -29,11 +29,9 @@ import pandas as pd
 
 from analysis.bootstrap import interval
 from analysis.isoflop import isoflop_budgets
-from moejax.study.intervals import ItemBootstrap
-from moejax.study.verdict_common import (NAN_CI, REASON_COL, REASON_LOSS_COL, estimate_text,
+from moejax.study.intervals import LEVEL, ItemBootstrap
+from moejax.study.verdict_common import (REASON_COL, REASON_LOSS_COL, estimate_text, no_interval,
                                          reasoning_at_chance, train_loss_column, verdict)
-
-LEVEL = 0.95
 
 
 def sparsity_of(runs: pd.DataFrame) -> np.ndarray:
@@ -70,7 +68,7 @@ def _seed_tied(runs: pd.DataFrame, column: str) -> dict[str, Any]:
   sparsity_M = sparsity_of(runs)
   loss_M = runs[column].to_numpy(float)
   best = int(np.nanargmin(loss_M))
-  entry = {"estimate": float(sparsity_M[best]), "se": float("nan"), "ci": list(NAN_CI)}
+  entry = no_interval(sparsity_M[best])
   lo_col, hi_col = f"{column}_seed_min", f"{column}_seed_max"
   if lo_col in runs and runs.get("num_seeds", pd.Series([1])).max() > 1:
     tied_M = runs[lo_col].to_numpy(float) <= runs[hi_col].to_numpy(float)[best]
@@ -88,14 +86,16 @@ def _slope(log_c_C: np.ndarray, y_CX: np.ndarray) -> np.ndarray:
 def _trend(log_c_C: np.ndarray, estimate_C: np.ndarray, reps_CB) -> dict[str, Any]:
   estimate = float(_slope(log_c_C, estimate_C[:, None])[0])
   if reps_CB is None:
-    return {"estimate": estimate, "se": float("nan"), "ci": list(NAN_CI)}
+    return no_interval(estimate)
   ok_B = np.isfinite(reps_CB).all(axis=0)
   return interval(estimate, _slope(log_c_C, reps_CB[:, ok_B]), LEVEL)
 
 
-def optimal_sparsity(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dict[str, Any]:
-  """Per budget and metric the optimal sparsity with its interval, and each metric's trend."""
-  budgets = isoflop_budgets(df)
+def optimal_sparsity(df: pd.DataFrame, boot: ItemBootstrap | None = None,
+                     budgets: list | None = None) -> dict[str, Any]:
+  """Per budget and metric the optimal sparsity with its interval, and each metric's trend
+  (``budgets``: ``isoflop_budgets(df)`` when already computed)."""
+  budgets = isoflop_budgets(df) if budgets is None else budgets
   loss_col = train_loss_column(df)
   if not budgets:
     return {"budgets": [], "trend_per_decade": {}, "loss_column": loss_col}
@@ -109,8 +109,7 @@ def optimal_sparsity(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dic
     estimate_C, reps_CB = _item_optima(budgets, column, lower, boot)
     for c, entry in enumerate(per_budget):
       entry[name] = (interval(estimate_C[c], reps_CB[c], LEVEL) if reps_CB is not None
-                     else {"estimate": float(estimate_C[c]), "se": float("nan"),
-                           "ci": list(NAN_CI)})
+                     else no_interval(estimate_C[c]))
     trends[name] = _trend(log_c_C, estimate_C, reps_CB) if len(budgets) >= 2 else None
   for entry, (_, runs) in zip(per_budget, budgets):
     entry["train_loss"] = _seed_tied(runs, loss_col)
@@ -121,14 +120,15 @@ def optimal_sparsity(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dic
 
 def iso_flop(df: pd.DataFrame, boot: ItemBootstrap | None = None) -> dict[str, Any]:
   """Finding 5 (module docstring)."""
-  found = optimal_sparsity(df, boot)
+  groups = isoflop_budgets(df)
+  found = optimal_sparsity(df, boot, groups)
   budgets = found["budgets"]
   if not budgets:
     return verdict(5, "not tested", "This preset trains no iso-FLOP sweep (runs of equal "
                    "training FLOPs and different active sizes; --preset=small or isoflop_tiny "
                    "runs one).", **found)
   trend = found["trend_per_decade"]["reason_accuracy"]
-  at_chance = reasoning_at_chance(pd.concat([runs for _, runs in isoflop_budgets(df)]))
+  at_chance = reasoning_at_chance(pd.concat([runs for _, runs in groups]))
   if trend is None or at_chance or not np.isfinite(trend["estimate"]):
     outcome = "inconclusive"
   else:

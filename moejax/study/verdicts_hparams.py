@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.bootstrap import interval
 from moejax.study.intervals import ItemBootstrap
-from moejax.study.verdict_common import NAN_CI, decide, estimate_text, families, verdict
+from moejax.study.verdict_common import (decide, estimate_text, families, no_interval,
+                                         statistic_interval, verdict)
 
 GAPS = {  # name: (train-split column, test column, sign so that positive = a larger gap)
     "reason_accuracy_gap": ("reason_train_accuracy", "reason_accuracy", 1.0),
@@ -47,19 +47,13 @@ def gap_values(runs: pd.DataFrame, name: str) -> pd.Series:
 def _end_difference(pairs: list[tuple[pd.DataFrame, pd.DataFrame]], name: str,
                     boot: ItemBootstrap | None) -> dict[str, Any]:
   """Mean over pairs of gap(second row set) - gap(first), with its interval over items."""
+  if not pairs:
+    return no_interval()
   train, test, sign = GAPS[name]
-  if not pairs or train not in pairs[0][0] or test not in pairs[0][0]:
-    return {"estimate": float("nan"), "se": float("nan"), "ci": list(NAN_CI)}
-  low = pd.concat([a for a, _ in pairs])
-  high = pd.concat([b for _, b in pairs])
-  estimate = float(np.mean(gap_values(high, name).to_numpy() - gap_values(low, name).to_numpy()))
-  if boot is None:
-    return {"estimate": estimate, "se": float("nan"), "ci": list(NAN_CI)}
-  reps = [boot.replicates_of(c, rows["name"]) for rows in (low, high) for c in (train, test)]
-  if any(r is None for r in reps):
-    return {"estimate": estimate, "se": float("nan"), "ci": list(NAN_CI)}
-  low_tr, low_te, high_tr, high_te = reps
-  return interval(estimate, sign * ((high_tr - high_te) - (low_tr - low_te)).mean(axis=0))
+  n = sum(len(low) for low, _ in pairs)
+  rows = pd.concat([a for a, _ in pairs] + [b for _, b in pairs])  # the low rows, then the high
+  return statistic_interval(rows, [train, test], lambda v: sign * (
+      (v[train][n:] - v[test][n:]) - (v[train][:n] - v[test][:n])).mean(axis=0), boot)
 
 
 def knob_rows(df: pd.DataFrame, knob: str) -> list[pd.DataFrame]:
