@@ -75,12 +75,9 @@ ISOFLOP_TINY = dict(
 #   lr / init    each model of ``hparam_models`` at TINY's lr times ``lr_factors`` (min_lr
 #                likewise) and at init scales ``init_scales`` (model.init_scale), the other knob
 #                at its base value; the base point is the tiny family's run.
-# Cost, from the tiny preset's measured ~1 core-minute per d64 run of 800 steps (idle box) and
-# FLOPs: per seed the tiny families ~10 d64-run equivalents, the iso-FLOP sweep ~16 (budgets
-# 0.375, 0.75 and 1.5 d64 runs, x6 models), the lr / init sweep 8, plus ~0.3 core-min of
-# evaluation per run (34 runs): ~40 core-minutes per seed, ~80 for two seeds, i.e. about 45-60
-# minutes on 2 cores with --processes=2 at TINY's 800 steps (budget: 2 hours; scale with
-# TINY's steps). Not measured end to end.
+# Cost: measured end to end at TINY's 800 steps with --processes=2 on 2 CPU cores, 68 runs in
+# 37.6 minutes wall (63.6 CPU-minutes; docs/calibration.md), against a budget of 2 hours;
+# it scales with TINY's steps.
 SMALL = dict(
     isoflop_models=ISOFLOP_TINY["models"],
     isoflop_reference=(128, 1, 1),
