@@ -123,6 +123,17 @@ def test_zero_init_gives_zero_output_and_identity_blocks():
   np.testing.assert_array_equal(np.asarray(out), 0.0)
 
 
+@pytest.mark.parametrize("std", [0.02, 1.0])
+def test_class_table_init_follows_class_embed_std(std):
+  """``model.class_embed_std`` sets the label table's init (DiT's 0.02 by default)."""
+  config = dit_moe.get_config("smoke")
+  config.model.class_embed_std = std
+  table = np.asarray(dit_lib.DiT.from_config(config.model, rngs=nnx.Rngs(0))
+                     .conditioner.class_KD[...])
+  assert table.shape == (config.model.num_classes + 1, config.model.d_model)
+  assert abs(table.std() / std - 1) < 0.1, table.std()
+
+
 def test_routing_depends_on_timestep_and_class():
   """The router sees the modulated tokens: same image, other time or class, other logits."""
   config = dit_moe.get_config("smoke")
@@ -243,6 +254,7 @@ def test_paper_sizes(size, experts, total, active):
     ("sample.sampler", "euler", "config.sample.sampler='euler' does not sample a 'ddpm'"),
     ("data.class_dropout", 1.0, "config.data.class_dropout=1.0"),
     ("model.diffusion.beta_end", 2.0, "beta_end=2.0"),
+    ("model.class_embed_std", 0.0, "config.model.class_embed_std=0.0 must be positive"),
 ])
 def test_bad_dit_configs_name_the_field(path, value, message):
   config = dit_moe.get_config("smoke")

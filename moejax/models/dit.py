@@ -76,6 +76,7 @@ class DiTConfig:
   beta_start: float = 1e-4
   beta_end: float = 2e-2
   frequency_dim: int = 256
+  class_embed_std: float = 0.02   # DiT's label table init; the tiny preset uses 1.0
 
   def schedule(self) -> DDPMSchedule:
     return DDPMSchedule.linear(self.num_timesteps, self.beta_start, self.beta_end)
@@ -108,8 +109,9 @@ class DiTConfig:
               num_classes=model.num_classes, learn_sigma=bool(model.learn_sigma),
               objective=diffusion.objective, num_timesteps=diffusion.num_timesteps,
               beta_start=diffusion.beta_start, beta_end=diffusion.beta_end,
-              frequency_dim=model.get("frequency_dim", 256))
-    for name in ("image_size", "patch_size", "channels", "frequency_dim"):
+              frequency_dim=model.get("frequency_dim", 256),
+              class_embed_std=model.get("class_embed_std", 0.02))
+    for name in ("image_size", "patch_size", "channels", "frequency_dim", "class_embed_std"):
       require(getattr(cfg, name) > 0, f"{p}.{name}={getattr(cfg, name)} must be positive")
     require(cfg.image_size % cfg.patch_size == 0,
             f"{p}.patch_size={cfg.patch_size} does not divide {p}.image_size={cfg.image_size}")
@@ -184,8 +186,8 @@ class Conditioner(nnx.Module):
     self.t_in = Linear(dit.frequency_dim, d_model, (None, "embed"), param_dtype=param_dtype,
                        rngs=rngs)
     self.t_out = Linear(d_model, d_model, (None, "embed"), param_dtype=param_dtype, rngs=rngs)
-    self.class_KD = param(rngs, nnx.initializers.normal(0.02), (dit.num_classes + 1, d_model),
-                          (None, "embed"), param_dtype)
+    self.class_KD = param(rngs, nnx.initializers.normal(dit.class_embed_std),
+                          (dit.num_classes + 1, d_model), (None, "embed"), param_dtype)
 
   def __call__(self, t_B, labels_B):
     h_BD = jax.nn.silu(self.t_in(timestep_features(t_B, self.frequency_dim)))
