@@ -6,12 +6,13 @@ import json
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from configs import dit_moe
 from configs.sweeps import dit_moe as sweep
 from moejax import counting
-from moejax.study import dit_routing
+from moejax.study import dit as dit_study, dit_routing
 from tests.conftest import train_straight_and_killed
 
 
@@ -105,3 +106,17 @@ def test_count_cli_prints_the_papers_16_5b_model():
   summary = json.loads(out.stdout.strip().splitlines()[-1])
   assert summary["name"].startswith("G/2-16E2A-16.5B")
   assert summary["total_params"] == 16_503_245_472 and summary["active_params"] == 3_180_186_272
+
+
+def test_model_table_intervals_stay_in_the_metrics_range():
+  """Two seeds (t = 12.7): the accuracy's interval is clipped to [0, 1], FD-CNN's to >= 0;
+  an interval inside the range is the plain Student-t one."""
+  runs = pd.DataFrame({"name": ["m-s0", "m-s1", "n-s0", "n-s1"], "seed": [0, 1, 0, 1],
+                       "fd_cnn": [2.0, 40.0, 30.0, 30.2],
+                       "conditional_accuracy": [0.88, 0.92, 0.500, 0.502]})
+  table = dit_study.model_table(runs).set_index("name")
+  assert table.loc["m", "conditional_accuracy_hi"] == 1.0
+  assert table.loc["m", "fd_cnn_lo"] == 0.0
+  half = 12.706 * 0.002 / np.sqrt(2) / np.sqrt(2)  # t * sd / sqrt(n), sd = 0.002 / sqrt(2)
+  assert table.loc["n", "conditional_accuracy_lo"] == pytest.approx(0.501 - half, rel=1e-3)
+  assert table.loc["n", "conditional_accuracy_hi"] == pytest.approx(0.501 + half, rel=1e-3)
