@@ -21,7 +21,9 @@ import math
 from typing import Iterator, Mapping, Sequence
 
 import jax
+from absl import logging
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -42,8 +44,18 @@ def make_mesh(axis_sizes: Mapping[str, int], devices=None) -> jax.sharding.Mesh:
   if math.prod(sizes) != len(devices):
     raise ValueError(f"mesh: axis sizes {dict(zip(names, sizes))} multiply to "
                      f"{math.prod(sizes)}, but there are {len(devices)} devices")
-  return jax.make_mesh(tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names),
-                       devices=devices)
+  axis_types = (AxisType.Auto,) * len(names)
+  try:
+    return jax.make_mesh(tuple(sizes), names, axis_types=axis_types, devices=devices)
+  except NotImplementedError:
+    # A TPU torus (e.g. 4x4x4) cannot give an axis of 8 without splitting a physical axis;
+    # jax.make_mesh refuses, create_device_mesh may split (the split axis's collectives then
+    # cross two physical axes).
+    logging.warning("mesh %s splits a physical axis of the %d-device topology",
+                    dict(zip(names, sizes)), len(devices))
+    grid = mesh_utils.create_device_mesh(tuple(sizes), devices,
+                                         allow_split_physical_axes=True)
+    return jax.sharding.Mesh(grid, names, axis_types=axis_types)
 
 
 @contextlib.contextmanager

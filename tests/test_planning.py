@@ -12,6 +12,7 @@ import pytest
 
 from configs import lm_moe
 from moejax.errors import ConfigError
+from moejax import sharding
 from moejax.planning import chips, comm_model, hlo_comm, plan, sweep
 from tests.conftest import REPO, run_module
 
@@ -213,3 +214,13 @@ def test_analytic_collective_bytes_of_fsdp_and_expert_parallelism():
   ep = comm_model.analytic_bytes(config, {"data": 1, "fsdp": 2, "expert": 2})
   # 256 tokens / 4 chips x k=2 x d=32 x 2 bytes, 4 exchanges per layer (no remat), 2 layers
   assert ep["all-to-all"] == 64 * 2 * 32 * 2 * 4 * 2
+
+
+@needs_libtpu
+def test_a_mesh_axis_may_split_a_physical_torus_axis():
+  """fsdp 8 x expert 8 on a 4x4x4 torus: jax.make_mesh refuses (8 is no product of physical
+  axes); the mesh splits one physical axis instead, with every chip used once."""
+  devices = plan.compile_only_devices(chips.parse_topology("v5p:4x4x4"))
+  mesh = sharding.make_mesh({"fsdp": 8, "expert": 8}, devices=devices)
+  assert dict(mesh.shape) == {"fsdp": 8, "expert": 8}
+  assert len({d.id for d in mesh.devices.flat}) == 64
