@@ -224,3 +224,20 @@ def test_a_mesh_axis_may_split_a_physical_torus_axis():
   mesh = sharding.make_mesh({"fsdp": 8, "expert": 8}, devices=devices)
   assert dict(mesh.shape) == {"fsdp": 8, "expert": 8}
   assert len({d.id for d in mesh.devices.flat}) == 64
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_compiled_flops_count_every_microbatch():
+  """Gradient accumulation is a scan, which cost analysis counts once: the planner scales it,
+  so 2 microbatches of the same global batch report about the FLOPs of 1 (the optimizer
+  update outside the scan is counted twice, a small share)."""
+  config = lm_moe.get_config("smoke")
+  config.data.batch_size = 128  # the step's matmuls, not the optimizer, dominate the FLOPs
+  topology = chips.parse_topology("v5p:2x2x1")
+  one, two = (plan.plan_run(config, topology, mesh={"data": 2, "fsdp": 2}, microbatches=m)
+              for m in (1, 2))
+  assert two["microbatches"] == 2
+  print("HLO FLOPs per chip, 1 vs 2 microbatches:", one["hlo_flops_per_chip"],
+        two["hlo_flops_per_chip"])
+  assert two["hlo_flops_per_chip"] == pytest.approx(one["hlo_flops_per_chip"], rel=0.1)

@@ -149,7 +149,10 @@ def plan_run(config: ml_collections.ConfigDict, topology: Topology,
   total = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
            memory.output_size_in_bytes - memory.alias_size_in_bytes +
            memory.generated_code_size_in_bytes)
-  factor = depth_factor(config)
+  # Cost analysis counts a loop body once: the scanned layers (depth_factor) and, with
+  # gradient accumulation, the scan over microbatches (the optimizer update outside it is then
+  # over-counted M times, a small share of the step).
+  factor = depth_factor(config) * microbatches_of(config)
   hlo_text = compiled.as_text()
   if hlo_path:
     with open(hlo_path, "w") as f:
@@ -195,7 +198,8 @@ def format_plan(p: dict) -> str:
       f"{'fits' if p['fits'] else 'DOES NOT FIT'}",
       f"  FLOPs per step: model {p['model_flops_per_step']:.3e} "
       f"({p['model_flops_per_step'] / p['chips']:.3e} per chip); compiled "
-      f"{p['hlo_flops_per_chip']:.3e} per chip (scan body x {p['depth_factor']:.2f})",
+      f"{p['hlo_flops_per_chip']:.3e} per chip (scan body x {p['depth_factor']:.2f} layers "
+      f"x {p['microbatches']} microbatch(es))",
       f"  collectives per chip per step: {_gib(comm['total'])} "
       f"({', '.join(f'{k} {_gib(v)}' for k, v in comm.items() if k != 'total' and v)})",
       f"  roofline step {p['step_s']:.2f} s (compute {p['compute_s']:.2f}, HBM "
