@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from configs import lm_moe
-from moejax.errors import ConfigError
 from moejax import sharding
+from moejax.errors import ConfigError
 from moejax.planning import chips, comm_model, hlo_comm, plan, sweep
 from tests.conftest import REPO, run_module
 

@@ -109,8 +109,8 @@ class DiTConfig:
               num_classes=model.num_classes, learn_sigma=bool(model.learn_sigma),
               objective=diffusion.objective, num_timesteps=diffusion.num_timesteps,
               beta_start=diffusion.beta_start, beta_end=diffusion.beta_end,
-              frequency_dim=model.get("frequency_dim", 256),
-              class_embed_std=model.get("class_embed_std", 0.02))
+              frequency_dim=model.get("frequency_dim", cls.frequency_dim),
+              class_embed_std=model.get("class_embed_std", cls.class_embed_std))
     for name in ("image_size", "patch_size", "channels", "frequency_dim", "class_embed_std"):
       require(getattr(cfg, name) > 0, f"{p}.{name}={getattr(cfg, name)} must be positive")
     require(cfg.image_size % cfg.patch_size == 0,
