@@ -212,8 +212,40 @@ def test_analytic_collective_bytes_of_fsdp_and_expert_parallelism():
   hybrid = comm_model.analytic_bytes(config, {"data": 2, "fsdp": 2})
   assert hybrid["all-reduce"] == state_bytes / 2  # the fsdp shard, summed over data
   ep = comm_model.analytic_bytes(config, {"data": 1, "fsdp": 2, "expert": 2})
-  # 256 tokens / 4 chips x k=2 x d=32 x 2 bytes, 4 exchanges per layer (no remat), 2 layers
-  assert ep["all-to-all"] == 64 * 2 * 32 * 2 * 4 * 2
+  # 256 tokens / 4 chips x k=2 x d=32 x 4 bytes (float32), 4 exchanges per layer (no remat),
+  # 2 layers
+  assert ep["all-to-all"] == 64 * 2 * 32 * 4 * 4 * 2
+
+
+def test_a_ragged_exchange_counts_the_smaller_of_its_buffers():
+  """Dropless EP sends 2T rows into a worst-case 8T-row buffer and 8T back into 2T: each way a
+  device sends 2T rows on average, not the 10T its operands add up to."""
+  forward = ("%r1 = bf16[512,64]{1,0} ragged-all-to-all(%send, %recv, %o1, %s1, %o2, "
+             "/*index=5*/%s2), channel_id=1")
+  back = ("%r2 = bf16[128,64]{1,0} ragged-all-to-all(%r1, %back_buf, %o1, %s2, %o2, "
+          "/*index=5*/%s1), channel_id=2")
+  lines = ["%send = bf16[128,64]{1,0} parameter(0)", "%recv = bf16[512,64]{1,0} parameter(1)",
+           "%back_buf = bf16[128,64]{1,0} parameter(2)",
+           *(f"%{n} = s32[4]{{0}} parameter({i + 3})" for i, n in enumerate(("o1", "s1", "o2",
+                                                                          "s2"))),
+           forward, back, "ROOT %out = bf16[128,64]{1,0} copy(%r2)"]
+  text = "HloModule m\n\nENTRY %main () -> bf16[128,64] {\n" + "\n".join(
+      "  " + line for line in lines) + "\n}\n"
+  assert hlo_comm.collective_bytes(text)["all-to-all"] == 2 * 128 * 64 * 2
+
+
+@needs_libtpu
+def test_compiled_expert_exchange_matches_the_analytic_count():
+  """The ragged all-to-alls of the compiled TPU step carry what comm_model counts (d_model 128:
+  the TPU compiler pads narrower rows to its 128 lanes)."""
+  config = lm_moe.get_config("smoke")
+  config.model.d_model = 128
+  topology = chips.parse_topology("v5p:2x2x1")
+  for mesh in ({"expert": 4}, {"data": 2, "expert": 2}):
+    measured = plan.plan_run(config, topology, mesh=mesh)["collective_bytes"]["all-to-all"]
+    prepared, sizes = plan.prepare_config(config, topology, mesh)
+    analytic = comm_model.analytic_bytes(prepared, sizes)["all-to-all"]
+    assert analytic > 0 and abs(measured / analytic - 1) < 0.01, (mesh, measured, analytic)
 
 
 @needs_libtpu

@@ -12,8 +12,8 @@ count, ``f`` = the ``fsdp`` size when the parameter is sharded over ``fsdp``, el
                   over the batch axes instead (4 x size / s, no gather or scatter)
 Expert parallelism (a mesh axis ``expert`` > 1 that the rules map experts to) exchanges each MoE
 layer's dispatched rows twice forward (dispatch, combine), twice backward, and twice more in the
-rematerialised forward: 6 x (local tokens x k x d_model) x 2 bytes (bfloat16) per MoE layer
-(4 x without remat); the capacity factor scales the buffers when capacity is finite.
+rematerialised forward: 6 x (local tokens x k x d_model) x the compute dtype's bytes per MoE
+layer (4 x without remat); the capacity factor scales the buffers when capacity is finite.
 This is a model of what a good SPMD partitioning does; the benchmark shows how far XLA's
 choices (bfloat16 gathers, fused or hoisted collectives) are from it.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -74,7 +75,8 @@ def analytic_bytes(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> d
     local = tokens / math.prod(mesh.get(a, 1) for a in BATCH_AXES)
     passes = 6 if model.get("remat", "none") != "none" else 4
     capacity = float(model.moe.get("capacity_factor", 0) or 1.0)
+    itemsize = jnp.dtype(model.get("dtype", "float32")).itemsize
     out["all-to-all"] = (passes * _moe_layers(model) * local * model.moe.top_k * model.d_model
-                         * 2 * max(capacity, 1.0))
+                         * itemsize * max(capacity, 1.0))
   out["total"] = sum(out.values())
   return out
