@@ -20,20 +20,27 @@ EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 CAPACITY = {"capacity_factor": 1.0, "group_size": 32}
 
 
-def equivalence_config(mesh: dict, moe: dict):
-  """The LM smoke preset with 8 experts (one per device on an (expert 8) mesh) on ``mesh``."""
+def equivalence_config(mesh: dict, moe: dict, train: dict | None = None):
+  """The LM smoke preset with 8 experts (one per device on an (expert 8) mesh) on ``mesh``;
+  ``train`` updates config.train (e.g. microbatches)."""
   config = lm_moe.get_config("smoke")
   config.mesh.update({"data": 1, "fsdp": 1, "expert": 1, "tensor": 1, **mesh})
   config.model.moe.update(num_experts=8, **moe)
-  config.train.update(steps=STEPS, log_every=1, checkpoint_every=STEPS, progress_bar=False)
+  config.train.update(steps=STEPS, log_every=1, checkpoint_every=STEPS, progress_bar=False,
+                      **(train or {}))
   return config
 
 
-def _one_device_losses(tmp_path, name: str, moe: dict) -> list[float]:
+def _one_device_losses(tmp_path, name: str, moe: dict, train: dict | None = None) -> list[float]:
   from moejax.training.logging import read_jsonl  # pylint: disable=import-outside-toplevel
-  from moejax.training.trainer import train  # pylint: disable=import-outside-toplevel
-  train(equivalence_config({}, moe), str(tmp_path / name))
+  from moejax.training.trainer import train as train_run  # pylint: disable=import-outside-toplevel
+  train_run(equivalence_config({}, moe, train), str(tmp_path / name))
   return [row["loss"] for row in read_jsonl(tmp_path / name / "metrics.jsonl")]
+
+
+def _largest_relative_difference(one: list[float], other: list[float]) -> float:
+  assert len(one) == len(other) == STEPS
+  return max(abs(a - b) / abs(a) for a, b in zip(one, other))
 
 
 MESHES = {"data2_expert4": {"data": 2, "expert": 4},
@@ -55,10 +62,27 @@ def test_meshes_match_one_device_over_20_steps(tmp_path, moe):
   runs = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
   assert [run["name"] for run in runs] == list(MESHES)
   for run in runs:
-    assert len(run["losses"]) == len(one) == STEPS
-    worst = max(abs(a - b) / abs(a) for a, b in zip(one, run["losses"]))
+    worst = _largest_relative_difference(one, run["losses"])
     print(run["name"], moe, "largest relative loss difference", worst)
     assert worst <= 2e-6, (run["name"], one, run["losses"])
+
+
+@pytest.mark.slow
+def test_microbatches_on_a_mesh_match_one_device(tmp_path):
+  """Gradient accumulation on an 8-device mesh (2 microbatches of 4 rows, each split over
+  data x expert) against the same accumulation on one device, over 20 steps: the tolerance of
+  the meshes above (float32 partial sums in another order). Each microbatch's rows are taken
+  from every device's shard, so the microbatches and their aux losses are the one device's."""
+  train = {"microbatches": 2}
+  one = _one_device_losses(tmp_path, "one", {}, train)
+  case = {"name": "micro2", "mesh": {"data": 2, "expert": 2, "tensor": 2}, "moe": {},
+          "train": train}
+  proc = run_module("tests.ep_train_probe", str(tmp_path), json.dumps([case]), env=EIGHT,
+                    timeout=900)
+  (run,) = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+  worst = _largest_relative_difference(one, run["losses"])
+  print("2 microbatches on", case["mesh"], "largest relative loss difference", worst)
+  assert worst <= 2e-6, (one, run["losses"])
 
 
 LAYER_CASES = [
