@@ -58,6 +58,14 @@ def make_mesh(axis_sizes: Mapping[str, int], devices=None) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(grid, names, axis_types=axis_types)
 
 
+def platform() -> str:
+  """The platform the computation being traced is for: the active mesh's devices' (e.g. "tpu"
+  while a CPU host compiles for compile-only TPU devices, experiments/plan.py), else jax's
+  default backend."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device.platform if device is not None else jax.default_backend()
+
+
 @contextlib.contextmanager
 def use_rules(rules: Rules) -> Iterator[None]:
   """Makes ``rules`` the active logical->mesh table (for parameters and activations)."""

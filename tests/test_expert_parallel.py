@@ -92,6 +92,9 @@ LAYER_CASES = [
     {"mesh": {"data": 8}, "moe": {"capacity_factor": 1.25, "dispatch": "einsum",
                                   "group_size": 16}},
     {"mesh": {"data": 2, "expert": 4}, "moe": {"ep_exchange": "ragged"}, "lower_only": True},
+    # The Pallas grouped matmul (interpreted on CPU) on each device's received rows.
+    {"mesh": {"data": 2, "expert": 4}, "moe": {"dispatch": "pallas"}},
+    {"mesh": {"fsdp": 2, "expert": 2, "tensor": 2}, "moe": {"dispatch": "pallas"}},
 ]
 
 
@@ -103,7 +106,10 @@ def test_moe_layer_on_meshes_matches_one_device():
   partial sums): the float32 error of such a reordered sum is a random walk of n roundings of
   size eps * rss, so the bound is sqrt(n) * eps * rss (7.6e-6 * rss; measured 0.6e-6 to 0.9e-6
   * rss, printed). A routing or capacity decision taken differently moves the loss by orders of
-  magnitude more. Tokens are exchanged with all-to-all exactly where the expert axis is > 1."""
+  magnitude more. Tokens are exchanged with all-to-all exactly where the expert axis is > 1.
+  The ``pallas`` cases run the interpreted kernel without shard_map's varying-type check
+  (expert_parallel.sharded_dispatch): equal gradients show that the check's absence loses
+  nothing there."""
   proc = run_module("tests.ep_layer_probe", json.dumps(LAYER_CASES), env=EIGHT, timeout=900)
   results = [json.loads(line) for line in proc.stdout.strip().splitlines()
              if line.startswith("{")]

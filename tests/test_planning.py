@@ -249,6 +249,21 @@ def test_compiled_expert_exchange_matches_the_analytic_count():
 
 
 @needs_libtpu
+def test_the_pallas_dispatch_compiles_to_a_mosaic_kernel_under_expert_parallelism(tmp_path):
+  """Planned from this CPU host, the ``pallas`` strategy is the TPU kernel (a Mosaic custom
+  call), not the interpreter the host itself would run, inside the EP shard_map."""
+  config = lm_moe.get_config("smoke")
+  config.model.update(d_model=128)
+  config.model.moe.dispatch = "pallas"
+  hlo = tmp_path / "step.hlo"
+  figures = plan.plan_run(config, chips.parse_topology("v5p:2x2x1"), mesh={"expert": 4},
+                          hlo_path=str(hlo))
+  text = hlo.read_text()
+  assert figures["fits"] and 'custom_call_target="tpu_custom_call"' in text
+  assert text.count("ragged-all-to-all(") == 4  # there and back, forward and backward
+
+
+@needs_libtpu
 def test_a_mesh_axis_may_split_a_physical_torus_axis():
   """fsdp 8 x expert 8 on a 4x4x4 torus: jax.make_mesh refuses (8 is no product of physical
   axes); the mesh splits one physical axis instead, with every chip used once."""

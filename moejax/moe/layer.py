@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moejax.layers.mlp import SwiGLU
+from moejax import sharding
 from moejax.moe import expert_parallel, losses, plan
 from moejax.moe.config import MoEConfig
 from moejax.moe.dispatch import dispatch
@@ -93,8 +94,10 @@ class MoELayer(nnx.Module):
     x_TD = x_BSD.reshape(batch * seq, d_model)
     task_T = None if task_B is None else jnp.repeat(task_B, seq)
     routing, router_aux = self.router(x_TD, task_T)
+    interpreted = cfg.dispatch == "pallas" and sharding.platform() == "cpu"
     sharded = expert_parallel.sharded_dispatch(self._dispatch_local, x_BSD, routing,
-                                               self.experts, num_experts=cfg.num_experts)
+                                               self.experts, num_experts=cfg.num_experts,
+                                               check_vma=not interpreted)
     if sharded is None:
       y_TD, stats, kept_TK = self._dispatch_local(x_TD, routing, self.experts, (), 1)
       y_BSD = y_TD.reshape(batch, seq, d_model)
@@ -137,7 +140,7 @@ class MoELayer(nnx.Module):
       options["capacity_factor"] = None
     if num_expert_devices > 1:
       dense = cfg.ep_exchange == "dense" or (cfg.ep_exchange == "auto"
-                                             and jax.default_backend() == "cpu")
+                                             and sharding.platform() == "cpu")
       y_TD, stats = expert_parallel.ep_dispatch(
           cfg.dispatch, x_TD, kept, experts, axis=expert_axes, num_devices=num_expert_devices,
           capacity_factor=options.get("capacity_factor"),

@@ -21,6 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from moejax import sharding
 from moejax.moe import plan as planning
 from moejax.moe.dispatch.base import ExpertFn, Strategy, scatter_weighted, take_rows
 from moejax.moe.routers import Routing
@@ -76,7 +77,7 @@ def _pallas_gmm(x_AI, w_EIO, group_sizes):
   from kernels_pallas import grouped_matmul  # pylint: disable=import-outside-toplevel
   # No TPU or GPU: the TPU kernel runs in the Pallas interpreter.
   return grouped_matmul.gmm(x_AI, w_EIO, group_sizes,
-                            interpret=jax.default_backend() == "cpu")
+                            interpret=sharding.platform() == "cpu")
 
 
 def _strategy(group_matmul: Callable) -> Strategy:
