@@ -6,14 +6,13 @@ kernel in f, and ``("cuda",)`` the Triton one (selected by passing Triton compil
 lowering here is of forward + backward: the three kernels gmm, gmm with w transposed (dx) and
 tgmm (dw), each with its own block shapes.
 
-With libtpu importable (``pip install "jax[tpu]"``, or ``libtpu`` on PYTHONPATH; skipped
-otherwise), the expert FFN at the paper's shapes (d_model 2048, E=128) is also compiled by the
+With libtpu found as the planner finds it (moejax/planning/chips.py: scripts/setup.sh installs
+it off sys.path; skipped otherwise), the expert FFN at the paper's shapes (d_model 2048, E=128) is also compiled by the
 TPU compiler for v5e and v5p topologies, without a TPU (``jax.experimental.topologies``), and
 every chosen tiling class for v5e (slow).
 """
 
 import functools
-import importlib.util
 import itertools
 
 import jax
@@ -23,6 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from kernels_pallas import gmm_gpu, gmm_tpu, schedule, tiling
 from kernels_pallas import grouped_matmul as gm
+from moejax.planning import chips
 
 # Per dim, one size for each value class the TPU chooser returns (kernels_pallas/tiling.py).
 TPU_M = {"full": (20, 1), "128": (1000, 8), "256": (2048, 8), "512": (65536, 16)}  # (m, G)
@@ -135,7 +135,7 @@ def test_mosaic_lowering_rejects_a_block_that_breaks_the_tpu_rules():
 
 # --- TPU compilation (needs libtpu, not a TPU) ---
 
-HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+HAS_LIBTPU = chips.libtpu_path() is not None
 PAPER = {"d_model": 2048, "num_experts": 128, "d_ff": 1024, "rows": 4096 * 8}  # T=4096, K=8
 
 
@@ -156,8 +156,7 @@ def _expert_ffn_grad(x_MD, w_gate_EDF, w_up_EDF, w_down_EFD, sizes_E, tiles=None
     # The chooser's largest tiles in float32: the most VMEM, on the smallest-VMEM chip.
     pytest.param("v5e:2x2", jnp.float32, (512, 512, 512), marks=pytest.mark.slow)])
 def test_expert_ffn_compiles_for_tpu_at_the_paper_shapes(topology, dtype, tiles):
-  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-  device = topologies.get_topology_desc(topology_name=topology, platform="tpu").devices[0]
+  device = chips.compile_only_devices(chips.parse_topology(topology))[0]
   on_device = jax.sharding.SingleDeviceSharding(device)
   d, e, f, m = PAPER["d_model"], PAPER["num_experts"], PAPER["d_ff"], PAPER["rows"]
   shapes = [((m, d), dtype), ((e, d, f), dtype), ((e, d, f), dtype), ((e, f, d), dtype),
@@ -179,8 +178,7 @@ def test_expert_ffn_compiles_for_tpu_at_the_paper_shapes(topology, dtype, tiles)
 def test_every_chosen_tpu_tiling_compiles_for_v5e(dtype, m_class, k_class, n_class):
   """The Mosaic compiler (not only the lowering) accepts every tiling class, unaligned
   full-dim blocks included (about 2 s each)."""
-  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
-  device = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices[0]
+  device = chips.compile_only_devices(chips.parse_topology("v5e:2x2"))[0]
   on_device = jax.sharding.SingleDeviceSharding(device)
   (m, g), k, n = TPU_M[m_class], TPU_KN[k_class], TPU_KN[n_class]
   avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_device)
