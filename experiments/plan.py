@@ -11,7 +11,7 @@ A sweep (for each model the smallest slice and mesh from a candidate list that f
 a CSV and one JSON line):
 
   python -m experiments.plan --sweep=configs/sweeps/optimal_sparsity.py:paper --chip=v5p \
-      [--models=REGEX] [--max_chips=1024] [--csv=plan.csv]
+      [--models=REGEX] [--max_chips=1024] [--csv=plan.csv]   # resumes from an existing CSV
 
 Needs libtpu (requirements-tpu.txt; scripts/setup.sh installs it with MOEJAX_TPU_COMPILER=1).
 """

@@ -202,6 +202,40 @@ def test_sweep_plans_each_run_on_the_smallest_slice(tmp_path):
   assert "v5p:2x2x1" in sweep.format_table(rows)
 
 
+def test_a_sweep_resumes_from_its_csv(tmp_path, monkeypatch):
+  """Models already planned as fitting (same chip, microbatches, within max_chips) are read
+  back typed and not compiled again; the others are planned anew."""
+  planned = []
+
+  def fake_plan(config, chip, max_chips, microbatches=None):
+    name = sweep.task_lib.get(config).counts(config)["name"]
+    planned.append(name)
+    return sweep._row({"name": name, "topology": f"{chip}:2x2x1", "chips": 4,
+                       "mesh": {"fsdp": 4}, "microbatches": microbatches or 1, "fits": True,
+                       "argument_bytes": 2 ** 30, "temp_bytes": 2 ** 31,
+                       "total_bytes": 3 * 2 ** 30, "hbm_bytes": 95 * 2 ** 30, "step_s": 0.5,
+                       "mfu": 0.4, "compile_s": 12.0})
+
+  monkeypatch.setattr(sweep, "plan_model", fake_plan)
+  path = str(tmp_path / "plan.csv")
+  smoke = "configs/sweeps/optimal_sparsity.py:smoke"
+  first = sweep.plan_sweep(smoke, chip="v5p", csv_path=path)
+  assert len(planned) == 3
+  again = sweep.plan_sweep(smoke, chip="v5p", csv_path=path)
+  assert len(planned) == 3 and again == first  # read back with the types it was written with
+  rows = sweep.read_csv(path)
+  name = first[0]["name"]
+  rows[name]["fits"] = False
+  sweep._write_csv(path, list(rows.values()))
+  sweep.plan_sweep(smoke, chip="v5p", csv_path=path)
+  assert planned[3:] == [name]  # only the row that did not fit
+  sweep.plan_sweep(smoke, chip="v5p", microbatches=2, csv_path=path)
+  assert len(planned) == 7  # other microbatches: every model again
+  (tmp_path / "other.csv").write_text("model,loss\nx,1\n")
+  with pytest.raises(ConfigError, match="not a plan table"):
+    sweep.plan_sweep(smoke, chip="v5p", csv_path=str(tmp_path / "other.csv"))
+
+
 def test_analytic_collective_bytes_of_fsdp_and_expert_parallelism():
   config = lm_moe.get_config("smoke")  # 59,808 float32 parameters, all sharded over fsdp
   state_bytes = 59_808 * 4

@@ -9,6 +9,10 @@ compiles and fits wins. After two slices that do not fit, the per-chip totals ar
 ``a + b / chips``; when even infinitely many chips would leave ``a`` above HBM (buffers that do
 not shrink with the slice, e.g. an unsharded MoE dispatch) the run is reported as not fitting
 on any slice of the list, and the larger slices are not compiled.
+
+The CSV is written after every model, and a sweep that finds its CSV resumes: a model already
+planned there as fitting, on the same chip kind with the same microbatches and within
+``max_chips``, is not compiled again (rows that did not fit are planned anew).
 """
 
 from __future__ import annotations
@@ -140,12 +144,40 @@ def plan_sweep(sweep: str, chip: str = "v5p", models: str | None = None,
   runs = sweep_spec.select(sweep_spec.load_sweep(sweep), models)
   if not runs:
     raise ConfigError(f"--models={models!r} matches no run of {sweep}")
+  done = read_csv(csv_path) if csv_path and os.path.exists(csv_path) else {}
   rows = []
   for run in tqdm(runs, desc="plan", unit="model"):
-    rows.append(plan_model(run.config, chip, max_chips, microbatches))
+    name = task_lib.get(run.config).counts(run.config).get("name")
+    previous = done.get(name)
+    if previous and _reusable(previous, chip, max_chips,
+                              microbatches or plan.microbatches_of(run.config)):
+      rows.append(previous)
+    else:
+      rows.append(plan_model(run.config, chip, max_chips, microbatches))
     if csv_path:
-      _write_csv(csv_path, rows)
+      _write_csv(csv_path, rows + [r for n, r in done.items()
+                                   if n not in {row["name"] for row in rows}])
   return rows
+
+
+def _reusable(row: dict, chip: str, max_chips: int, microbatches: int) -> bool:
+  return (row["fits"] is True and str(row["topology"]).startswith(f"{chip}:")
+          and row["chips"] <= max_chips and row["microbatches"] == microbatches)
+
+
+_TYPES = {"chips": int, "microbatches": int, "fits": lambda v: v == "True",
+          **{k: float for k in ("argument_gib", "temp_gib", "total_gib", "hbm_gib", "step_s",
+                                "mfu", "compile_s")}}
+
+
+def read_csv(path: str) -> dict[str, dict]:
+  """{model name: row} of a sweep's CSV, typed as ``plan_model`` returns rows."""
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  if rows and set(rows[0]) != set(COLUMNS):
+    raise ConfigError(f"--csv={path}: not a plan table (columns {sorted(rows[0])})")
+  typed = lambda k, v: None if v == "" and k in _TYPES else _TYPES.get(k, str)(v)
+  return {row["name"]: {k: typed(k, v) for k, v in row.items()} for row in rows}
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
