@@ -249,6 +249,11 @@ def test_analytic_collective_bytes_of_fsdp_and_expert_parallelism():
   # 256 tokens / 4 chips x k=2 x d=32 x 4 bytes (float32), 4 exchanges per layer (no remat),
   # 2 layers
   assert ep["all-to-all"] == 64 * 2 * 32 * 4 * 4 * 2
+  # The batch is split over expert too: every gradient shard but the experts' (2 layers x 4
+  # experts x 3 x 32 x 64 = 49,152 parameters) is summed over the expert axis.
+  non_expert = 59_808 - 49_152
+  assert ep["all-reduce"] == non_expert * 4 / 2
+  assert comm_model.analytic_bytes(config, {"expert": 4})["all-reduce"] == non_expert * 4
 
 
 def test_a_ragged_exchange_counts_the_smaller_of_its_buffers():

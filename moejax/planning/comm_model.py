@@ -7,9 +7,11 @@ count, ``f`` = the ``fsdp`` size when the parameter is sharded over ``fsdp``, el
                   and once more in the backward pass (the rematerialised forward with remat, the
                   transposed matmuls without): 2 x 4 x size / s
   reduce-scatter  its gradient, sharded by the other axes only: 4 x size / (s / f)
-  all-reduce      data parallelism sums the gradient shard over ``data``: 4 x size / s when
-                  data > 1; a parameter not sharded over ``fsdp`` has its gradient all-reduced
-                  over the batch axes instead (4 x size / s, no gather or scatter)
+  all-reduce      the gradient shard summed over the batch's mesh axes (the ``batch`` rule:
+                  data, fsdp, expert) that do not shard the parameter: 4 x size / s when their
+                  product is > 1. So data parallelism all-reduces every gradient shard over
+                  ``data``, and under expert parallelism every parameter but the experts' is
+                  also summed over ``expert``, whose devices saw other tokens
 Expert parallelism (a mesh axis ``expert`` > 1 that the rules map experts to) exchanges each MoE
 layer's dispatched rows twice forward (dispatch, combine), twice backward, and twice more in the
 rematerialised forward: 6 x (local tokens x k x d_model) x the compute dtype's bytes per MoE
@@ -33,9 +35,6 @@ from moejax.training import task as task_lib
 from moejax.training.optimizer import make_optimizer
 from moejax.training.state import make_init_fn
 
-BATCH_AXES = ("data", "fsdp", "expert")
-
-
 def _params(config: ml_collections.ConfigDict):
   tx, _ = make_optimizer(config.optim, config.train.steps)
   with sharding.use_rules(config.sharding_rules):
@@ -54,7 +53,9 @@ def analytic_bytes(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> d
   out = {"all-to-all": 0.0, "all-gather": 0.0, "reduce-scatter": 0.0, "all-reduce": 0.0,
          "collective-permute": 0.0}
   axes = tuple(mesh)
-  fsdp, data = mesh.get("fsdp", 1), mesh.get("data", 1)
+  fsdp = mesh.get("fsdp", 1)
+  (batch_spec,) = sharding.logical_to_spec(("batch",), config.sharding_rules, mesh_axes=axes)
+  batch_axes = sharding.rule_axes(batch_spec)
   for var in _params(config):
     logical = var.get_metadata().get("out_sharding") or ()
     spec = sharding.logical_to_spec(logical, config.sharding_rules, mesh_axes=axes)
@@ -64,15 +65,14 @@ def analytic_bytes(config: ml_collections.ConfigDict, mesh: dict[str, int]) -> d
     if "fsdp" in used and fsdp > 1:
       out["all-gather"] += 2 * size / shards
       out["reduce-scatter"] += size / (shards / fsdp)
-      out["all-reduce"] += size / shards if data > 1 else 0.0
-    elif data * fsdp > 1:  # replicated over the batch axes: one all-reduce of the gradient
-      out["all-reduce"] += size / shards
+    if math.prod(mesh[a] for a in batch_axes if a not in used) > 1:
+      out["all-reduce"] += size / shards  # the gradient shard, over the other batch axes
   expert = mesh.get("expert", 1)
   rules = dict((k, v) for k, v in config.sharding_rules)
   if expert > 1 and "expert" in str(rules.get("expert")):
     model = config.model
     tokens = task_lib.get(config).tokens_per_batch(config)
-    local = tokens / math.prod(mesh.get(a, 1) for a in BATCH_AXES)
+    local = tokens / math.prod(mesh[a] for a in batch_axes)
     passes = 6 if model.get("remat", "none") != "none" else 4
     capacity = float(model.moe.get("capacity_factor", 0) or 1.0)
     itemsize = jnp.dtype(model.get("dtype", "float32")).itemsize
