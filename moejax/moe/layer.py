@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from moejax.layers.mlp import SwiGLU
 from moejax import sharding
+from moejax.layers.mlp import SwiGLU
 from moejax.moe import expert_parallel, losses, plan
 from moejax.moe.config import MoEConfig
 from moejax.moe.dispatch import dispatch

@@ -35,6 +35,7 @@ from moejax.training import task as task_lib
 from moejax.training.optimizer import make_optimizer
 from moejax.training.state import make_init_fn
 
+
 def _params(config: ml_collections.ConfigDict):
   tx, _ = make_optimizer(config.optim, config.train.steps)
   with sharding.use_rules(config.sharding_rules):
