@@ -154,9 +154,9 @@ def plan_sweep(sweep: str, chip: str = "v5p", models: str | None = None,
       rows.append(previous)
     else:
       rows.append(plan_model(run.config, chip, max_chips, microbatches))
-    if csv_path:
-      _write_csv(csv_path, rows + [r for n, r in done.items()
-                                   if n not in {row["name"] for row in rows}])
+    if csv_path:  # this run's rows, then the CSV's rows of other models
+      planned = {row["name"] for row in rows}
+      _write_csv(csv_path, rows + [r for n, r in done.items() if n not in planned])
   return rows
 
 
