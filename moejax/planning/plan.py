@@ -152,7 +152,8 @@ def plan_run(config: ml_collections.ConfigDict, topology: Topology,
   # Cost analysis counts a loop body once: the scanned layers (depth_factor) and, with
   # gradient accumulation, the scan over microbatches (the optimizer update outside it is then
   # over-counted M times, a small share of the step).
-  factor = depth_factor(config) * microbatches_of(config)
+  depth = depth_factor(config)
+  factor = depth * microbatches_of(config)
   hlo_text = compiled.as_text()
   if hlo_path:
     with open(hlo_path, "w") as f:
@@ -167,7 +168,7 @@ def plan_run(config: ml_collections.ConfigDict, topology: Topology,
   out.update(
       fits=total <= chip.hbm_bytes, argument_bytes=memory.argument_size_in_bytes,
       temp_bytes=memory.temp_size_in_bytes, total_bytes=total,
-      hlo_flops_per_chip=hlo_flops, depth_factor=factor, hbm_traffic_bytes=hbm_traffic,
+      hlo_flops_per_chip=hlo_flops, depth_factor=depth, hbm_traffic_bytes=hbm_traffic,
       collective_bytes=comm, **times, step_s=step_s,
       mfu=model_flops / chips / (step_s * chip.peak_bf16_flops) if step_s > 0 else 0.0)
   return out
